@@ -1,0 +1,118 @@
+"""Application factory: reads like a table of contents."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask, request
+
+from . import config as config_module
+
+
+def create_app(overrides: dict | None = None) -> Flask:
+    app = Flask(__name__, template_folder=str(config_module.ROOT / "templates"),
+                static_folder=str(config_module.ROOT / "app" / "static"), instance_relative_config=True)
+    app.config.update(config_module.load(overrides, app.instance_path))
+    config_module.validate(app.config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    logging.basicConfig(level=app.config["IDP_LOG_LEVEL"])
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    from . import models  # noqa: F401  (every table is known before anything binds)
+    from .extensions import babel, csrf, db, limiter, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(config_module.ROOT / "migrations"), render_as_batch=True)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    babel.init_app(app, locale_selector=_select_locale)
+
+    from . import keys, store
+
+    _tune_sqlite(app)
+    store.init_app(app)
+    keys.init_app(app)
+
+    from .accounts import views as accounts_views
+    from .consent import views as consent_views
+    from .oauth2 import views as oauth2_views
+    from .oidc import views as oidc_views
+    from .web import views as web_views
+
+    for pkg in (oauth2_views, oidc_views, accounts_views, consent_views, web_views):
+        pkg.init_app(app)
+
+    from . import cli
+    from .accounts.sessions import apply_cookie
+    from .errors import register_error_handlers
+    from .http import csp_nonce, security_headers
+
+    register_error_handlers(app)
+    cli.init_app(app)
+    app.after_request(apply_cookie)
+    app.after_request(security_headers)
+    app.jinja_env.globals["csp_nonce"] = csp_nonce
+    app.jinja_env.globals["lang_url"] = _lang_url
+    from flask_babel import get_locale
+
+    app.jinja_env.globals["get_locale"] = get_locale
+    if app.config.get("IDP_TRUSTED_PROXIES"):
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = int(app.config["IDP_TRUSTED_PROXIES"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)
+    return app
+
+
+def _select_locale():
+    """ui_locales (on the request or its pending interaction), then Accept-Language."""
+    from flask import current_app
+
+    from flask import session
+
+    supported = current_app.config["IDP_LOCALES"]
+    wanted = request.args.get("ui_locales")
+    if not wanted and request.values.get("interaction"):
+        from . import interactions
+
+        data = interactions.load(request.values.get("interaction"))
+        wanted = data["params"].get("ui_locales") if data else None
+    for tag in (wanted or "").split():
+        base = tag.split("-")[0].lower()
+        if base in supported:
+            if request.args.get("ui_locales"):
+                session["lang"] = base  # an explicit choice sticks for the rest of the visit
+            return base
+    if session.get("lang") in supported:
+        return session["lang"]
+    return request.accept_languages.best_match(supported) or "en"
+
+
+def _tune_sqlite(app) -> None:
+    """WAL and a busy timeout so the embedded store and the app's session can share one SQLite file."""
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        return
+    from sqlalchemy import event
+
+    from .extensions import db
+
+    with app.app_context():
+        engine = db.engine
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=15000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+
+def _lang_url(code: str) -> str:
+    """This page in another language (keeps the interaction and other query parameters)."""
+    from urllib.parse import urlencode
+
+    args = {k: v for k, v in request.args.items() if k != "ui_locales"}
+    args["ui_locales"] = code
+    return request.path + "?" + urlencode(args)

@@ -1,0 +1,56 @@
+"""Customer accounts: create, find, authenticate by password."""
+
+from __future__ import annotations
+
+from ..extensions import db
+from . import passwords
+from .models import User
+
+
+class AccountError(ValueError):
+    """A customer-facing problem with the submitted account data."""
+
+
+def normalise_email(email: str) -> str:
+    return (email or "").strip().lower()
+
+
+def valid_email(email: str) -> bool:
+    local, _, domain = email.partition("@")
+    return bool(local) and "." in domain and len(email) <= 320 and " " not in email
+
+
+def find_by_email(email: str) -> User | None:
+    return db.session.execute(db.select(User).filter_by(email=normalise_email(email))).scalar_one_or_none()
+
+
+def create_user(email: str, password: str | None, name: str | None = None, email_verified: bool = False) -> User:
+    """Create a customer; raises AccountError for bad input or a taken email."""
+    email = normalise_email(email)
+    if not valid_email(email):
+        raise AccountError("Enter a valid email address.")
+    if password is not None and not (passwords.MIN_LENGTH <= len(password) <= passwords.MAX_LENGTH):
+        raise AccountError("Use a password of at least 8 characters.")
+    if find_by_email(email):
+        raise AccountError("An account with this email already exists. Sign in instead.")
+    user = User(
+        email=email,
+        email_verified=email_verified,
+        password_hash=passwords.hash_password(password) if password else None,
+        name=(name or "").strip()[:255] or None,
+    )
+    db.session.add(user)
+    db.session.commit()
+    return user
+
+
+def authenticate(email: str, password: str) -> User | None:
+    """The customer for these credentials, or None; the same work either way. Rehashes on parameter change."""
+    user = find_by_email(email) if valid_email(normalise_email(email)) else None
+    ok = passwords.verify(user.password_hash if user else None, password or "")
+    if not (ok and user):
+        return None
+    if passwords.needs_rehash(user.password_hash):
+        user.password_hash = passwords.hash_password(password)
+        db.session.commit()
+    return user

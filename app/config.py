@@ -1,0 +1,136 @@
+"""Every setting of the provider, in one place, with its default.
+
+Values come from the environment (the names in ``SETTINGS``), then from the
+mapping passed to ``create_app`` (tests). ``validate`` refuses to start with
+unsafe values outside development mode.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+PLACEHOLDER_SECRET = "dev-only-insecure-secret-key-change-me"
+
+
+def _int(v: str) -> int:
+    return int(v)
+
+
+def _bool(v: str) -> bool:
+    return v.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _str(v: str) -> str:
+    return v
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str          # Flask config key
+    env: str          # environment variable
+    default: Any      # default (None: derived or unset)
+    parse: Callable[[str], Any]
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("IDP_ISSUER", "IDP_ISSUER", "http://localhost:5000", _str,
+            "Exact issuer string (scheme, host, optional port and path, no trailing slash). "
+            "Never derived from the Host header. An http://localhost issuer means development mode."),
+    Setting("SECRET_KEY", "SECRET_KEY", PLACEHOLDER_SECRET, _str,
+            "Signs cookies and keys the hashes of client secrets and refresh tokens. "
+            "Required outside development mode (the app refuses to start with the placeholder)."),
+    Setting("SQLALCHEMY_DATABASE_URI", "DATABASE_URL", None, _str,
+            "Database URL. Default: SQLite in the instance folder. Production: postgresql+psycopg://…"),
+    Setting("REDIS_URL", "REDIS_URL", None, _str,
+            "Redis URL for short-lived state and rate-limit counters. Unset: the embedded store in the database."),
+    Setting("IDP_KEYS_DIR", "IDP_KEYS_DIR", str(ROOT / "keys"), _str,
+            "Folder of the signing key ring (keyring.json and one private JWK file per key, mode 0600)."),
+    Setting("IDP_ACCESS_TOKEN_TTL", "IDP_ACCESS_TOKEN_TTL", 600, _int, "Access token lifetime, seconds."),
+    Setting("IDP_ID_TOKEN_TTL", "IDP_ID_TOKEN_TTL", 3600, _int, "ID token lifetime, seconds."),
+    Setting("IDP_REFRESH_TOKEN_TTL", "IDP_REFRESH_TOKEN_TTL", 30 * 86400, _int,
+            "Refresh token lifetime, seconds (each rotation starts a new period)."),
+    Setting("IDP_CODE_TTL", "IDP_CODE_TTL", 60, _int, "Authorization code lifetime, seconds."),
+    Setting("IDP_SESSION_TTL", "IDP_SESSION_TTL", 14 * 86400, _int, "Single sign-on session lifetime, seconds."),
+    Setting("IDP_INTERACTION_TTL", "IDP_INTERACTION_TTL", 1800, _int,
+            "How long a pending sign-in or consent step stays valid, seconds."),
+    Setting("IDP_ACCESS_TOKEN_ALG", "IDP_ACCESS_TOKEN_ALG", "RS256", _str,
+            "Signing algorithm of JWT access tokens (RS256 or ES256)."),
+    Setting("IDP_RATELIMIT_SIGNIN", "IDP_RATELIMIT_SIGNIN", "10 per minute", _str,
+            "Rate limit of sign-in attempts per client IP address."),
+    Setting("IDP_RATELIMIT_REGISTER", "IDP_RATELIMIT_REGISTER", "5 per minute", _str,
+            "Rate limit of registrations per client IP address."),
+    Setting("IDP_RATELIMIT_TOKEN", "IDP_RATELIMIT_TOKEN", "600 per minute", _str,
+            "Rate limit of token, introspection and revocation requests per client IP address."),
+    Setting("RATELIMIT_ENABLED", "IDP_RATELIMIT_ENABLED", True, _bool, "Turn rate limiting on or off."),
+    Setting("IDP_SEED_DEMO", "IDP_SEED_DEMO", False, _bool,
+            "Create the demo client and demo customer at start (development mode only)."),
+    Setting("IDP_LOG_LEVEL", "IDP_LOG_LEVEL", "INFO", _str, "Log level."),
+)
+
+
+def load(overrides: dict | None, instance_path: str) -> dict:
+    """Build the config mapping: defaults, then environment, then overrides."""
+    cfg: dict[str, Any] = {}
+    for s in SETTINGS:
+        cfg[s.key] = s.default
+        raw = os.environ.get(s.env)
+        if raw not in (None, ""):
+            cfg[s.key] = s.parse(raw)
+    cfg.update(overrides or {})
+    if not cfg.get("SQLALCHEMY_DATABASE_URI"):
+        cfg["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(instance_path, "idp.sqlite3")
+    cfg["IDP_ISSUER"] = cfg["IDP_ISSUER"].rstrip("/")
+    issuer = urlsplit(cfg["IDP_ISSUER"])
+    cfg["IDP_DEV_MODE"] = issuer.scheme == "http" and issuer.hostname in {"localhost", "127.0.0.1"}
+    secure = issuer.scheme == "https"
+    cfg.update(
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(cfg["SQLALCHEMY_DATABASE_URI"]),
+        SQLALCHEMY_TRACK_MODIFICATIONS=False,
+        SESSION_COOKIE_NAME="idp_flask",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure,
+        IDP_COOKIE_SECURE=secure,
+        MAX_CONTENT_LENGTH=64 * 1024,
+        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        WTF_CSRF_TIME_LIMIT=None,            # bound to the session, not a clock
+        WTF_CSRF_SSL_STRICT=secure,
+        BABEL_DEFAULT_LOCALE="en",
+        BABEL_TRANSLATION_DIRECTORIES=str(ROOT / "app" / "translations"),
+        IDP_LOCALES=("en", "tr"),
+        RATELIMIT_STORAGE_URI=cfg.get("RATELIMIT_STORAGE_URI") or cfg.get("REDIS_URL") or "memory://",
+        RATELIMIT_HEADERS_ENABLED=True,
+        PREFERRED_URL_SCHEME=issuer.scheme,
+    )
+    cfg.setdefault("IDP_TRUSTED_PROXIES", 0)
+    return cfg
+
+
+def _engine_options(url: str) -> dict:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 15}}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+
+
+class ConfigError(RuntimeError):
+    """The configuration is unsafe or inconsistent; the app does not start."""
+
+
+def validate(cfg: dict) -> None:
+    """Fail fast on unsafe settings."""
+    issuer = urlsplit(cfg["IDP_ISSUER"])
+    if issuer.scheme not in {"http", "https"} or not issuer.hostname or issuer.query or issuer.fragment:
+        raise ConfigError("IDP_ISSUER must be an absolute http(s) URL without query or fragment")
+    if not cfg["IDP_DEV_MODE"]:
+        if issuer.scheme != "https":
+            raise ConfigError("IDP_ISSUER must use https outside development mode")
+        if cfg["SECRET_KEY"] in (None, "", PLACEHOLDER_SECRET) or len(cfg["SECRET_KEY"]) < 32:
+            raise ConfigError("SECRET_KEY must be set to a random value of at least 32 characters")
+    if cfg["IDP_ACCESS_TOKEN_ALG"] not in ("RS256", "ES256"):
+        raise ConfigError("IDP_ACCESS_TOKEN_ALG must be RS256 or ES256")

@@ -1,0 +1,71 @@
+"""One place that renders errors: JSON (RFC 6749 §5.2 shape) for protocol endpoints, a page for people."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import jsonify, render_template, request
+from flask_babel import gettext as _
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+JSON_PREFIXES = ("/token", "/introspect", "/revoke", "/userinfo", "/.well-known", "/jwks")
+_UNSAFE = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
+
+
+def clean_description(text: str) -> str:
+    """error_description may hold only %x20-21 / %x23-5B / %x5D-7E (RFC 6749 §4.1.2.1)."""
+    return _UNSAFE.sub("", text)[:200]
+
+
+def json_error(error: str, description: str | None, status: int, headers: dict | None = None):
+    body = {"error": error}
+    if description:
+        body["error_description"] = clean_description(description)
+    resp = jsonify(body)
+    resp.status_code = status
+    resp.headers["Cache-Control"] = "no-store"
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def error_page(title: str, message: str, status: int = 400):
+    return render_template("errors/error.html", title=title, message=message), status
+
+
+def _wants_json() -> bool:
+    return request.path.startswith(JSON_PREFIXES)
+
+
+def register_error_handlers(app) -> None:
+    @app.errorhandler(CSRFError)
+    def csrf_error(e):
+        return error_page(_("This form has expired"),
+                          _("Go back, reload the page and try again."), 400)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        if _wants_json():
+            code = {400: "invalid_request", 401: "invalid_client", 404: "not_found", 405: "invalid_request",
+                    413: "invalid_request", 415: "invalid_request", 429: "slow_down"}.get(e.code, "invalid_request")
+            if e.code == 429:
+                code = "rate_limited"
+            return json_error(code, e.description or e.name, e.code or 400)
+        titles = {404: _("Page not found"), 405: _("This page cannot be used that way"),
+                  413: _("That was too much data"), 429: _("Too many attempts")}
+        messages = {429: _("Please wait a minute and try again.")}
+        return error_page(titles.get(e.code, _("Something is wrong with this request")),
+                          messages.get(e.code, _("Check the address and try again.")), e.code or 400)
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception):
+        from .extensions import db
+
+        db.session.rollback()
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        if _wants_json():
+            return json_error("server_error", "The server could not complete the request.", 500)
+        return error_page(_("Something went wrong"), _("Please try again in a moment."), 500)

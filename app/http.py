@@ -1,0 +1,51 @@
+"""HTTP helpers shared by every blueprint: client address, security headers."""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlsplit
+
+from flask import current_app, g, request
+
+
+def client_ip() -> str:
+    """The client's address. X-Forwarded-For is honoured only via ProxyFix (IDP_TRUSTED_PROXIES)."""
+    return request.remote_addr or "unknown"
+
+
+def csp_nonce() -> str:
+    """A per-response nonce for inline scripts and styles."""
+    if "csp_nonce" not in g:
+        g.csp_nonce = secrets.token_urlsafe(16)
+    return g.csp_nonce
+
+
+def allow_form_action(url: str) -> None:
+    """Let this page's forms end (after redirects) at the origin of ``url`` (a client's redirect URI)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        g.setdefault("form_action", set()).add(f"{parts.scheme}://{parts.netloc}")
+
+
+def security_headers(response):
+    """Strict CSP with nonces, no framing, no sniffing; HSTS on https; no-store on everything sensitive."""
+    h = response.headers
+    nonce = g.get("csp_nonce")
+    script = f"'nonce-{nonce}'" if nonce else "'none'"
+    form_action = " ".join(["'self'", *sorted(g.get("form_action", ()))])
+    h.setdefault(
+        "Content-Security-Policy",
+        "default-src 'none'; "
+        f"script-src {script}; style-src 'self'; img-src 'self' https: data:; "
+        "connect-src 'self'; font-src 'self'; "
+        f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'",
+    )
+    h.setdefault("X-Content-Type-Options", "nosniff")
+    h.setdefault("X-Frame-Options", "DENY")
+    h.setdefault("Referrer-Policy", "no-referrer")
+    if current_app.config["IDP_COOKIE_SECURE"]:
+        h.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+    if "Cache-Control" not in h and response.mimetype == "text/html":
+        h["Cache-Control"] = "no-store"
+        h["Pragma"] = "no-cache"
+    return response

@@ -1,0 +1,58 @@
+"""A pending authorization request, parked while the customer signs in or consents.
+
+The login, account-selection and consent pages never produce protocol
+responses: they record their outcome on the interaction and send the browser
+back to ``/authorize/resume``, which re-validates the original request. An
+interaction is bound to the browser that started it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import current_app, session
+
+from .crypto import random_token, same
+from .store import store
+
+PREFIX = "interaction:"
+
+
+def _browser_id() -> str:
+    if "bid" not in session:
+        session["bid"] = random_token(16)
+    return session["bid"]
+
+
+def start(params: dict, client_id: str) -> str:
+    """Park the request parameters; returns the interaction id."""
+    iid = random_token(18)
+    store().put(PREFIX + iid, {
+        "params": params,
+        "client_id": client_id,
+        "bid": _browser_id(),
+        "created_at": time.time(),
+    }, current_app.config["IDP_INTERACTION_TTL"])
+    return iid
+
+
+def load(iid: str | None) -> dict | None:
+    """The interaction, if it exists and belongs to this browser."""
+    if not iid or len(iid) > 64:
+        return None
+    data = store().get(PREFIX + iid)
+    if not data or not same(data.get("bid", ""), session.get("bid", "")):
+        return None
+    data["id"] = iid
+    return data
+
+
+def update(data: dict, **changes) -> None:
+    data.update(changes)
+    record = {k: v for k, v in data.items() if k != "id"}
+    ttl = max(1, int(record["created_at"] + current_app.config["IDP_INTERACTION_TTL"] - time.time()))
+    store().put(PREFIX + data["id"], record, ttl)
+
+
+def finish(data: dict) -> None:
+    store().delete(PREFIX + data["id"])

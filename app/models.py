@@ -1,0 +1,6 @@
+"""Imports every model module so that migrations and create_all see the whole schema."""
+
+from .accounts.models import LoginSession, User  # noqa: F401
+from .consent.models import ConsentGrant  # noqa: F401
+from .oauth2.models import Client, Token  # noqa: F401
+from .store.sql import EphemeralItem  # noqa: F401

@@ -1,0 +1,236 @@
+"""Token, revocation and introspection endpoints on Authlib's AuthorizationServer.
+
+The one wiring table is ``build_server``. Grants override Authlib's storage
+hooks only; protocol validation stays in Authlib, with these deliberate
+tightenings: parameters are read from the POST body only (never the query
+string), repeated parameters are refused, PKCE is S256-only, refresh tokens
+rotate and a reused one revokes its whole family.
+"""
+
+from __future__ import annotations
+
+import time
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
+from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError
+from authlib.oauth2.rfc6749.hooks import hooked
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oidc.core import OpenIDCode
+from flask import g, request
+
+from ..accounts.models import User
+from ..consent import policy as consent_policy
+from ..extensions import db
+from . import codes, tokens
+from .client_auth import PrivateKeyJWT
+from .endpoints import IntrospectionEndpoint, RevocationEndpoint
+from .models import AUTH_METHODS, Client, Token
+
+CONFIDENTIAL = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+
+class FormOnlyPayload:
+    """RFC 6749 §3.2: token endpoint parameters come from the form body; the query string is ignored."""
+
+    def __init__(self, req):
+        self._req = req
+
+    @property
+    def data(self):
+        return self._req.form
+
+    @property
+    def datalist(self):
+        return {k: self._req.form.getlist(k) for k in self._req.form}
+
+    def __getattr__(self, name):
+        if name in ("client_id", "redirect_uri", "response_type", "grant_type", "scope", "state"):
+            return self._req.form.get(name)
+        raise AttributeError(name)
+
+
+class OAuth2Request(FlaskOAuth2Request):
+    def __init__(self, req):
+        super().__init__(req)
+        self.payload = FormOnlyPayload(req)
+
+    @property
+    def args(self):
+        return {}
+
+
+class Server(AuthorizationServer):
+    def create_oauth2_request(self, req):
+        return OAuth2Request(request)
+
+    def query_client(self, client_id):
+        if not client_id or len(client_id) > 64:
+            return None
+        cache = g.setdefault("clients", {})
+        if client_id not in cache:
+            cache[client_id] = db.session.execute(
+                db.select(Client).filter_by(client_id=client_id)
+            ).scalar_one_or_none()
+        return cache[client_id]
+
+    def save_token(self, token, req):
+        pass  # tokens.issue persists the row as it mints the token
+
+    def validate_requested_scope(self, scope):
+        pass  # each grant checks scope against what was granted
+
+
+class IssueFromContext:
+    """Mint tokens with the authorization context (auth_time, sid, claims…) the grant carries."""
+
+    def token_context(self) -> tuple[str | None, dict]:
+        return None, {}
+
+    def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None, include_refresh_token=True):
+        family_id, ctx = self.token_context()
+        response = tokens.issue(client=self.request.client, user=user, scope=scope or "",
+                                grant_type=grant_type or self.GRANT_TYPE, family_id=family_id,
+                                include_refresh=include_refresh_token, context=ctx)
+        self.request.issued_context = ctx
+        return response
+
+
+class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+
+    def query_authorization_code(self, code, client):
+        return codes.consume(code, client.client_id)
+
+    def delete_authorization_code(self, authorization_code):
+        pass  # consumed already; the tombstone lets a replay revoke the tokens
+
+    def authenticate_user(self, authorization_code):
+        return db.session.get(User, authorization_code.user_id)
+
+    def token_context(self):
+        code = self.request.authorization_code
+        return code.family_id, {
+            "auth_time": code.auth_time, "acr": code.acr, "amr": code.amr, "sid": code.sid,
+            "claims": code.claims, "nonce": code.nonce,
+        }
+
+    @hooked
+    def create_token_response(self):
+        code = self.request.authorization_code
+        include_refresh = "offline_access" in code.scope.split() and self.request.client.check_grant_type(
+            "refresh_token")
+        user = self.authenticate_user(code)
+        if user is None:
+            raise InvalidGrantError("The customer of this code no longer exists.")
+        self.request.user = user
+        token = self.generate_token(user=user, scope=code.scope, include_refresh_token=include_refresh)
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token):
+        row = tokens.by_refresh_token(refresh_token)
+        if row is None:
+            return None
+        if row.rotated_at is not None or row.revoked_at is not None:
+            # A rotated (or revoked) refresh token came back: it leaked. End the whole family.
+            tokens.revoke_family(row.family_id)
+            return None
+        if row.refresh_expires_at is None or row.refresh_expires_at <= time.time():
+            return None
+        return row
+
+    def authenticate_user(self, refresh_token):
+        return db.session.get(User, refresh_token.user_id) if refresh_token.user_id else None
+
+    def revoke_old_credential(self, refresh_token):
+        refresh_token.rotated_at = int(time.time())
+        db.session.commit()
+
+    def token_context(self):
+        row = self.request.refresh_token
+        return row.family_id, {"auth_time": row.auth_time, "acr": row.acr, "amr": row.amr, "sid": row.sid,
+                               "claims": row.claims}
+
+    def issue_token(self, user, refresh_token):
+        # The new scope is what was asked (a subset, checked by Authlib) and is still consented.
+        scope = self.request.payload.scope or refresh_token.scope
+        granted = consent_policy.still_granted(user, self.request.client, scope.split())
+        if "offline_access" not in granted:
+            raise InvalidGrantError("The customer no longer allows this app to stay connected.")
+        return self.generate_token(user=user, scope=" ".join(granted), include_refresh_token=True)
+
+
+class ClientCredentialsGrant(IssueFromContext, grants.ClientCredentialsGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL
+
+    def create_token_response(self):
+        client = self.request.client
+        requested = (self.request.payload.scope or "").split()
+        allowed = set(client.scope.split()) - {"openid", "offline_access"}
+        if any(s not in allowed for s in requested):
+            raise InvalidScopeError("The client may not request this scope.")
+        scope = " ".join(requested) if requested else " ".join(sorted(allowed))
+        token = self.generate_token(scope=scope, include_refresh_token=False)
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+class StrictCodeChallenge(CodeChallenge):
+    """PKCE with S256 only (RFC 7636); a verifier without a prior challenge is refused (Authlib checks that)."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def get_authorization_code_challenge(self, authorization_code):
+        return authorization_code.code_challenge
+
+    def get_authorization_code_challenge_method(self, authorization_code):
+        return "S256" if authorization_code.code_challenge else None
+
+
+class OpenIDTokens(OpenIDCode):
+    """Adds a fresh ID token to code and refresh responses whose scope includes openid."""
+
+    def __init__(self):
+        super().__init__(require_nonce=False)
+
+    def process_token(self, grant, response):
+        _, token, _ = response
+        if "openid" not in token.get("scope", "").split():
+            return token
+        req = grant.request
+        ctx = getattr(req, "issued_context", {}) or {}
+        row = Token(scope=token["scope"], auth_time=ctx.get("auth_time"), acr=ctx.get("acr"),
+                    amr=ctx.get("amr"), sid=ctx.get("sid"), claims=ctx.get("claims"))
+        token["id_token"] = tokens.id_token(
+            client=req.client, user=req.user, row=row, access_token=token["access_token"], nonce=ctx.get("nonce"),
+        )
+        return token
+
+    def __call__(self, grant):
+        grant.register_hook("after_create_token_response", self.process_token)
+
+
+def build_server(app) -> Server:
+    """The one wiring table of grants, extensions and endpoints."""
+    server = Server()
+    server.init_app(app)
+    server.register_client_auth_method("private_key_jwt", PrivateKeyJWT())
+    server.register_grant(AuthorizationCodeGrant, [StrictCodeChallenge(required=True), OpenIDTokens()])
+    server.register_grant(RefreshTokenGrant, [OpenIDTokens()])
+    server.register_grant(ClientCredentialsGrant)
+    server.register_endpoint(RevocationEndpoint)
+    server.register_endpoint(IntrospectionEndpoint)
+    return server
+
+
+def refuse_repeated_parameters() -> None:
+    """RFC 6749 §3.2: request parameters MUST NOT be included more than once."""
+    for key in request.form:
+        if len(request.form.getlist(key)) > 1:
+            raise InvalidRequestError(f"Repeated parameter: {key}"[:80])

@@ -1,0 +1,87 @@
+"""RP-Initiated Logout 1.0: end the session, then return to the app only to an exactly registered URI."""
+
+from __future__ import annotations
+
+from authlib.common.urls import add_params_to_uri
+from flask import current_app, redirect, render_template, request, session
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from ..accounts import sessions
+from ..errors import error_page
+from ..extensions import db
+from ..keys import keyring
+from ..oauth2.models import Client
+
+PENDING = "pending_logout"
+
+
+def _verify_hint(hint: str) -> dict | None:
+    """Claims of an ID token we issued; expired ones are accepted (RP-Initiated Logout §2)."""
+    try:
+        token = jwt.decode(hint, keyring().verification_keys(), algorithms=["RS256", "ES256"])
+    except (JoseError, ValueError, TypeError):
+        return None
+    claims = token.claims
+    if claims.get("iss") != current_app.config["IDP_ISSUER"] or not isinstance(claims.get("sub"), str):
+        return None
+    return claims
+
+
+def _client_for(claims: dict | None, client_id: str | None) -> Client | None:
+    aud = (claims or {}).get("aud")
+    auds = aud if isinstance(aud, list) else [aud] if aud else []
+    cid = client_id or (auds[0] if auds else None)
+    if client_id and auds and client_id not in auds:
+        return None
+    if not cid:
+        return None
+    return db.session.execute(db.select(Client).filter_by(client_id=cid)).scalar_one_or_none()
+
+
+def end_session():
+    from flask_babel import gettext as _
+
+    p = request.values
+    hint = p.get("id_token_hint")
+    claims = _verify_hint(hint) if hint else None
+    if hint and claims is None:
+        return error_page(_("We could not sign you out from this link"),
+                          _("The app sent a sign-out request we could not verify."), 400)
+    target = None
+    plr = p.get("post_logout_redirect_uri")
+    if plr:
+        client = _client_for(claims, p.get("client_id"))
+        if claims is None or client is None or plr not in client.post_logout_redirect_uris:
+            return error_page(_("We could not return you to the app"),
+                              _("The app asked to return to an address it has not registered. "
+                                "You are still signed in; sign out from your account page if you wish."), 400)
+        target = {"uri": plr, "state": p.get("state")}
+    current = sessions.current()
+    by_hint = sessions.by_sid(claims.get("sid")) if claims and claims.get("sid") else None
+    if by_hint is not None and by_hint.user.sub != claims.get("sub"):
+        by_hint = None
+    if by_hint is not None and (current is None or current.id == by_hint.id):
+        # A valid ID token for this very session: the app's request is proof enough.
+        sessions.end(by_hint)
+        if current is not None:
+            sessions.end(current)
+        return _finish(target)
+    if current is None:
+        return _finish(target)
+    session[PENDING] = target
+    return render_template("oidc/logout_confirm.html", user=current.user)
+
+
+def confirm():
+    """POST from the confirmation page (CSRF-protected)."""
+    sessions.end(sessions.current())
+    return _finish(session.pop(PENDING, None))
+
+
+def _finish(target: dict | None):
+    if target:
+        params = [("state", target["state"])] if target.get("state") else []
+        resp = redirect(add_params_to_uri(target["uri"], params) if params else target["uri"], code=302)
+        return resp
+    return render_template("oidc/logged_out.html")

@@ -1,0 +1,83 @@
+"""``RedisStore``: the ``Store`` protocol on Redis (the production backend).
+
+Values are JSON strings under ``{prefix}v:{key}`` with a native TTL. ``consume``
+records use in a companion marker ``{prefix}c:{key}`` that expires with the
+value; the two namespaces are disjoint so no caller key can collide with a marker.
+Check-and-set steps run as Lua scripts, which Redis executes atomically.
+"""
+
+from __future__ import annotations
+
+import json
+
+# KEYS: value, marker. Returns {} if missing, else {value, 1 if this call set the marker}.
+_CONSUME = """
+local value = redis.call('GET', KEYS[1])
+if not value then return {} end
+local ttl = redis.call('PTTL', KEYS[1])
+local first
+if ttl > 0 then
+  first = redis.call('SET', KEYS[2], '1', 'PX', ttl, 'NX')
+else
+  first = redis.call('SET', KEYS[2], '1', 'NX')
+end
+if first then return {value, 1} end
+return {value, 0}
+"""
+
+# KEYS: value, marker; ARGV: json, ttl. A fresh value must not inherit a stale marker.
+_ADD = """
+if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: counter; ARGV: ttl. The TTL is set only when the window starts (no TTL yet).
+_INCR = """
+local n = redis.call('INCR', KEYS[1])
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
+class RedisStore:
+    """A ``Store`` over a ``redis.Redis`` client; all keys live under ``prefix``."""
+
+    def __init__(self, client, prefix: str = "idp:"):
+        self.client = client
+        self.prefix = prefix
+        self._consume = client.register_script(_CONSUME)
+        self._add = client.register_script(_ADD)
+        self._incr = client.register_script(_INCR)
+
+    def _keys(self, key: str) -> tuple[str, str]:
+        return f"{self.prefix}v:{key}", f"{self.prefix}c:{key}"
+
+    def put(self, key: str, value: dict, ttl: int) -> None:
+        vkey, marker = self._keys(key)
+        # Overwriting starts afresh, so the old value's consumed marker goes too (in one MULTI).
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(vkey, json.dumps(value), ex=ttl)
+        pipe.delete(marker)
+        pipe.execute()
+
+    def get(self, key: str) -> dict | None:
+        raw = self.client.get(self._keys(key)[0])
+        return None if raw is None else json.loads(raw)
+
+    def consume(self, key: str) -> tuple[dict | None, bool]:
+        result = self._consume(keys=list(self._keys(key)))
+        if not result:
+            return None, False
+        return json.loads(result[0]), result[1] == 1
+
+    def add(self, key: str, value: dict, ttl: int) -> bool:
+        return self._add(keys=list(self._keys(key)), args=[json.dumps(value), ttl]) == 1
+
+    def incr(self, key: str, ttl: int) -> int:
+        return int(self._incr(keys=[self._keys(key)[0]], args=[ttl]))
+
+    def delete(self, key: str) -> None:
+        self.client.delete(*self._keys(key))

@@ -1,0 +1,136 @@
+"""Fixtures: an app per test on a real database (SQLite always; PostgreSQL too when reachable, always under CI)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from tests.support import services
+
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _backends():
+    return ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def keys_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("keys"))
+
+
+def _migrate(url: str, keys_dir: str) -> None:
+    import flask_migrate
+
+    from app import create_app
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "IDP_KEYS_DIR": keys_dir, "TESTING": True})
+    with app.app_context():
+        flask_migrate.upgrade()
+        from app.extensions import db
+
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory, keys_dir):
+    url = "sqlite:///" + str(tmp_path_factory.mktemp("db") / "idp.sqlite3")
+    _migrate(url, keys_dir)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgresql_url(keys_dir):
+    url = services.create_postgres_database()
+    _migrate(url, keys_dir)
+    yield url
+    services.drop_postgres_database(url)
+
+
+@pytest.fixture(params=_backends())
+def database_url(request):
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def make_app(database_url, keys_dir):
+    """Build an app on the test database; tables are emptied after the test."""
+    from app import create_app
+    from app.extensions import db
+
+    apps = []
+
+    def factory(**overrides):
+        cfg = {"SQLALCHEMY_DATABASE_URI": database_url, "IDP_KEYS_DIR": keys_dir, "TESTING": True,
+               "IDP_ISSUER": "http://localhost", "RATELIMIT_ENABLED": False}
+        cfg.update(overrides)
+        app = create_app(cfg)
+        apps.append(app)
+        return app
+
+    yield factory
+    if apps:
+        with apps[0].app_context():
+            for table in reversed(db.metadata.sorted_tables):
+                db.session.execute(table.delete())
+            db.session.commit()
+        for app in apps:
+            with app.app_context():
+                db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def ctx(app):
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def customer(app):
+    from app.accounts.service import create_user
+
+    with app.app_context():
+        user = create_user("ada@example.com", "correct horse battery", "Ada Lovelace", email_verified=True)
+        user.given_name, user.family_name, user.phone_number = "Ada", "Lovelace", "+44 20 7946 0000"
+        user.address = {"street_address": "12 St James's Square", "locality": "London", "country": "GB"}
+        from app.extensions import db
+
+        db.session.commit()
+        return {"email": user.email, "password": "correct horse battery", "sub": user.sub, "id": user.id}
+
+
+@pytest.fixture
+def rp(app):
+    """A confidential web app registered for the code flow."""
+    from app.cli import create_client
+
+    with app.app_context():
+        c, secret = create_client("Web Shop", ["https://shop.example/cb", "https://shop.example/cb2?bar=foo"],
+                                  post_logout_redirect_uris=["https://shop.example/bye"],
+                                  grant_types=["authorization_code", "refresh_token", "client_credentials"])
+        return {"client_id": c.client_id, "client_secret": secret, "redirect_uri": "https://shop.example/cb"}
+
+
+@pytest.fixture
+def public_rp(app):
+    from app.cli import create_client
+
+    with app.app_context():
+        c, _ = create_client("Mobile App", ["com.example.app:/cb"], public=True)
+        return {"client_id": c.client_id, "redirect_uri": "com.example.app:/cb"}
+
+
+def pytest_report_header(config):
+    return f"CI={os.environ.get('CI', '')}; PostgreSQL admin URL: {services.postgres_admin_url()}"

@@ -1,0 +1,65 @@
+"""The authorization code flow end to end: sign-in, consent, code, tokens, userinfo, refresh."""
+
+from __future__ import annotations
+
+import time
+
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from tests.support.browser import Customer, callback_params, pkce_pair
+
+
+def _jwks(client):
+    return KeySet.import_key_set(client.get("/jwks.json").get_json())
+
+
+def _login_flow(client, customer, rp, scope="openid profile email offline_access", **extra):
+    verifier, challenge = pkce_pair()
+    who = Customer(client, customer["email"], customer["password"])
+    params = dict(response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"], scope=scope,
+                  state="st-123", nonce="n-456", code_challenge=challenge, code_challenge_method="S256", **extra)
+    resp = who.follow(who.authorize(**params))
+    return callback_params(resp), verifier
+
+
+def _exchange(client, rp, code, verifier):
+    return client.post("/token", data={"grant_type": "authorization_code", "code": code,
+                                       "redirect_uri": rp["redirect_uri"], "code_verifier": verifier},
+                       auth=(rp["client_id"], rp["client_secret"]))
+
+
+def test_full_code_flow_with_pkce_nonce_userinfo_and_refresh(client, customer, rp):
+    cb, verifier = _login_flow(client, customer, rp)
+    assert cb["state"] == "st-123" and cb["iss"] == "http://localhost" and len(cb["code"]) >= 43
+    resp = _exchange(client, rp, cb["code"], verifier)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.headers["Cache-Control"] == "no-store"
+    tok = resp.get_json()
+    assert tok["token_type"] == "Bearer" and tok["expires_in"] > 0 and tok["refresh_token"]
+    idt = jwt.decode(tok["id_token"], _jwks(client), algorithms=["RS256"])
+    c = idt.claims
+    assert idt.header["kid"] and idt.header["alg"] == "RS256"
+    assert c["iss"] == "http://localhost" and c["aud"] == rp["client_id"] and c["sub"] == customer["sub"]
+    assert c["nonce"] == "n-456" and c["amr"] == ["pwd"] and c["acr"] == "1" and c["sid"]
+    assert abs(c["auth_time"] - time.time()) < 60 and c["at_hash"]
+    assert "email" not in c and "name" not in c  # scope claims go to userinfo in the code flow
+    at = jwt.decode(tok["access_token"], _jwks(client), algorithms=["RS256"])
+    assert at.header["typ"] == "at+jwt" and at.claims["client_id"] == rp["client_id"] and at.claims["jti"]
+
+    info = client.get("/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]})
+    assert info.status_code == 200
+    body = info.get_json()
+    assert body["sub"] == customer["sub"] and body["email"] == customer["email"] and body["email_verified"] is True
+    assert body["name"] == "Ada Lovelace" and isinstance(body["updated_at"], int)
+    assert "phone_number" not in body and "address" not in body  # not granted
+
+    time.sleep(1)
+    ref = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                      auth=(rp["client_id"], rp["client_secret"]))
+    assert ref.status_code == 200, ref.get_json()
+    new = ref.get_json()
+    assert new["refresh_token"] != tok["refresh_token"] and ref.headers["Cache-Control"] == "no-store"
+    c2 = jwt.decode(new["id_token"], _jwks(client), algorithms=["RS256"]).claims
+    assert c2["auth_time"] == c["auth_time"] and c2["sub"] == c["sub"] and c2["iat"] > c["iat"]
+    assert "nonce" not in c2

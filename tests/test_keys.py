@@ -1,0 +1,252 @@
+"""The signing key ring (app/keys.py) on real files: staged rotation, JWKS, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+
+import pytest
+from flask import Flask
+from joserfc import jws
+from joserfc.jwk import KeySet
+
+from app.keys import ALGS, KeyRing, KeyRingError, init_app, keys_cli
+
+PRIVATE = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+
+
+@pytest.fixture
+def ring(tmp_path):
+    r = KeyRing(tmp_path / "keys")
+    r.ensure()
+    return r
+
+
+def kids(jwks: dict) -> list[str]:
+    return [k["kid"] for k in jwks["keys"]]
+
+
+def by_state(ring: KeyRing, alg: str, state: str) -> list[str]:
+    return [k["kid"] for k in ring.list() if k["alg"] == alg and k["state"] == state]
+
+
+def test_ensure_creates_current_and_next_per_alg_and_is_idempotent(ring, tmp_path):
+    rows = ring.list()
+    assert sorted((r["alg"], r["state"]) for r in rows) == sorted(
+        (alg, state) for alg in ALGS for state in ("current", "next"))
+    before = os.stat(tmp_path / "keys" / "keyring.json")
+    ring.ensure()
+    KeyRing(tmp_path / "keys").ensure()
+    after = os.stat(tmp_path / "keys" / "keyring.json")
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not even rewritten
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == sorted(
+        ["keyring.json"] + [r["kid"] + ".json" for r in rows])
+
+
+def test_private_files_are_0600_and_hold_private_jwks(ring, tmp_path):
+    for row in ring.list():
+        path = tmp_path / "keys" / f"{row['kid']}.json"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        jwk = json.loads(path.read_text())
+        assert jwk["kid"] == row["kid"] and jwk["alg"] == row["alg"] and "d" in jwk
+    doc = json.loads((tmp_path / "keys" / "keyring.json").read_text())
+    assert not any(PRIVATE & set(entry) for entry in doc["keys"])
+
+
+def test_jwks_is_public_unique_and_includes_next_keys(ring):
+    jwks = ring.public_jwks()
+    assert len(jwks["keys"]) == 4
+    assert len(set(kids(jwks))) == 4
+    for k in jwks["keys"]:
+        assert not PRIVATE & set(k), k
+        assert k["kty"] in ("RSA", "EC") and k["use"] == "sig" and k["alg"] in ALGS
+    for alg in ALGS:
+        assert set(by_state(ring, alg, "next")) <= set(kids(jwks))
+    assert json.loads(ring.public_jwks_json()) == jwks
+    # Served from cache: the very same bytes object until the ring changes.
+    assert ring.public_jwks_json() is ring.public_jwks_json()
+    assert {k.kid for k in ring.verification_keys()} == set(kids(jwks))
+
+
+def test_rotate_promotes_published_next_and_keeps_old_current_published(ring, tmp_path):
+    before = ring.public_jwks()
+    old = {alg: by_state(ring, alg, "current")[0] for alg in ALGS}
+    nxt = {alg: by_state(ring, alg, "next")[0] for alg in ALGS}
+    cached = ring.public_jwks_json()
+
+    now = int(time.time())
+    done = ring.rotate(retire_after=3600, now=now)
+
+    assert {d["alg"] for d in done} == set(ALGS)
+    after = ring.public_jwks()
+    assert ring.public_jwks_json() is not cached
+    for alg in ALGS:
+        new_current = by_state(ring, alg, "current")
+        assert new_current == [nxt[alg]]
+        assert nxt[alg] in kids(before)          # published before it signs
+        assert old[alg] in kids(after)           # still published after it stops signing
+        assert by_state(ring, alg, "retired") == [old[alg]]
+        assert ring.signing_key(alg).kid == nxt[alg]
+        assert len(by_state(ring, alg, "next")) == 1
+    row = next(r for r in ring.list() if r["kid"] == old["RS256"])
+    assert row["publish_until"] == now + 3600
+    assert len(after["keys"]) == 6
+
+    # Before publish_until nothing goes; after it, the retired keys and their files do.
+    assert ring.retire(now=now + 3599) == []
+    removed = ring.retire(now=now + 3600)
+    assert sorted(removed) == sorted(old.values())
+    final = ring.public_jwks()
+    for kid in old.values():
+        assert kid not in kids(final)
+        assert not (tmp_path / "keys" / f"{kid}.json").exists()
+    assert len(final["keys"]) == 4
+
+
+def test_expired_retired_key_drops_out_of_jwks_by_time(ring):
+    old = by_state(ring, "ES256", "current")[0]
+    # Epochs are whole seconds: publish_until = floor(t) + 2 lies within (t + 1, t + 2].
+    ring.rotate("ES256", retire_after=2)
+    assert old in kids(ring.public_jwks())
+    time.sleep(2.1)
+    # Not yet removed from disk, but no longer published (the cache expires by itself).
+    assert old in [r["kid"] for r in ring.list()]
+    assert old not in kids(ring.public_jwks())
+    assert ring.retire() == [old]
+    assert old not in [r["kid"] for r in ring.list()]
+
+
+def test_retire_refuses_current_and_next_but_removes_retired_kid_early(ring, tmp_path):
+    for state in ("current", "next"):
+        kid = by_state(ring, "RS256", state)[0]
+        with pytest.raises(KeyRingError, match="only retired keys"):
+            ring.retire(kid)
+        assert (tmp_path / "keys" / f"{kid}.json").exists()
+    with pytest.raises(KeyRingError, match="no key"):
+        ring.retire("no-such-kid")
+    old = by_state(ring, "RS256", "current")[0]
+    ring.rotate("RS256", retire_after=3600)
+    assert by_state(ring, "ES256", "retired") == []      # only the asked alg rotated
+    assert ring.retire() == []
+    assert ring.retire(old) == [old]
+    assert old not in kids(ring.public_jwks())
+    assert not (tmp_path / "keys" / f"{old}.json").exists()
+
+
+@pytest.mark.parametrize("alg", list(ALGS))
+def test_signed_jws_verifies_against_published_jwks(ring, alg):
+    key = ring.signing_key(alg)
+    token = jws.serialize_compact({"alg": alg, "kid": key.kid}, b'{"sub":"x"}', key)
+    assert jws.extract_compact(token.encode()).headers()["kid"] == key.kid
+    published = KeySet.import_key_set(ring.public_jwks())
+    assert jws.deserialize_compact(token, published, algorithms=[alg]).payload == b'{"sub":"x"}'
+    assert jws.deserialize_compact(token, ring.verification_keys(), algorithms=[alg]).payload == b'{"sub":"x"}'
+
+
+def test_signing_key_errors_are_clear(tmp_path):
+    with pytest.raises(KeyRingError, match="unsupported"):
+        KeyRing(tmp_path).signing_key("HS256")
+    with pytest.raises(KeyRingError, match="no current RS256 key"):
+        KeyRing(tmp_path / "missing").signing_key("RS256")
+
+
+def test_tampered_ring_is_refused_and_a_bad_edit_keeps_the_loaded_keys(ring, tmp_path):
+    path = tmp_path / "keys" / "keyring.json"
+    good = path.read_text()
+    live = KeyRing(tmp_path / "keys", stat_interval=0)
+    kid = live.signing_key("RS256").kid
+
+    path.write_text(good.replace(kid, "../../etc/passwd"))
+    with pytest.raises(KeyRingError, match="invalid or duplicate kid"):
+        KeyRing(tmp_path / "keys").ensure()
+    # A worker already running logs the error and goes on signing with what it had.
+    assert live.signing_key("RS256").kid == kid
+
+    doc = json.loads(good)
+    es = next(e for e in doc["keys"] if e["alg"] == "ES256")
+    (tmp_path / "keys" / f"{es['kid']}.json").write_text(json.dumps({"kty": "oct", "k": "c2VjcmV0", "kid": es["kid"]}))
+    path.write_text(good)
+    with pytest.raises(KeyRingError, match="not a private ES256 JWK"):
+        KeyRing(tmp_path / "keys").ensure()
+
+
+def test_second_instance_sees_rotation_after_stat_interval(ring, tmp_path):
+    other = KeyRing(tmp_path / "keys")
+    other.ensure()
+    old_jwks = other.public_jwks_json()
+    assert other.signing_key("RS256").kid == ring.signing_key("RS256").kid
+    time.sleep(1.1)
+    other.reload_if_changed()  # consumes this interval's stat: nothing changed yet
+
+    ring.rotate(retire_after=3600)
+    time.sleep(1.1)
+    assert other.signing_key("RS256").kid == ring.signing_key("RS256").kid
+    assert other.signing_key("ES256").kid == ring.signing_key("ES256").kid
+    assert other.public_jwks_json() != old_jwks
+    assert other.public_jwks() == ring.public_jwks()
+
+
+@pytest.fixture
+def cli_app(tmp_path):
+    app = Flask(__name__)
+    app.config["IDP_KEYS_DIR"] = str(tmp_path / "keys")
+    app.config["IDP_ID_TOKEN_TTL"] = 1200
+    app.config["IDP_ACCESS_TOKEN_TTL"] = 600
+    init_app(app)
+    app.cli.add_command(keys_cli)
+    return app
+
+
+def test_cli_list_rotate_retire(cli_app):
+    runner = cli_app.test_cli_runner()
+    ring = cli_app.extensions["idp_keys"]
+
+    res = runner.invoke(args=["keys", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"current", "next"}
+
+    res = runner.invoke(args=["keys", "list"])
+    assert res.exit_code == 0 and all(r["kid"] in res.output for r in rows)
+
+    before = int(time.time())
+    res = runner.invoke(args=["keys", "rotate", "--alg", "ES256"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(runner.invoke(args=["keys", "list", "--json"]).output)
+    retired = [r for r in rows if r["state"] == "retired"]
+    assert [r["alg"] for r in retired] == ["ES256"]
+    # max(1200, 600) + 300 s margin
+    assert before + 1500 <= retired[0]["publish_until"] <= int(time.time()) + 1500
+
+    res = runner.invoke(args=["keys", "rotate", "--alg", "HS256"])
+    assert res.exit_code != 0
+
+    current = next(r["kid"] for r in rows if r["state"] == "current")
+    res = runner.invoke(args=["keys", "retire", "--kid", current])
+    assert res.exit_code != 0 and "only retired keys" in res.output
+
+    res = runner.invoke(args=["keys", "retire"])
+    assert res.exit_code == 0 and "nothing to remove" in res.output
+
+    res = runner.invoke(args=["keys", "retire", "--kid", retired[0]["kid"]])
+    assert res.exit_code == 0 and retired[0]["kid"] in res.output
+    assert retired[0]["kid"] not in [r["kid"] for r in ring.list()]
+
+    res = runner.invoke(args=["keys", "rotate"])
+    assert res.exit_code == 0 and "RS256" in res.output and "ES256" in res.output
+
+
+def test_concurrent_first_start_of_several_processes_creates_one_set(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import sys; from app.keys import KeyRing; KeyRing(sys.argv[1]).ensure()"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "keys")], cwd=root) for _ in range(4)]
+    assert [p.wait(timeout=60) for p in procs] == [0] * 4
+    rows = KeyRing(tmp_path / "keys").list()
+    assert sorted((r["alg"], r["state"]) for r in rows) == sorted(
+        (alg, state) for alg in ALGS for state in ("current", "next"))
+    assert len([p for p in (tmp_path / "keys").iterdir()]) == 5  # no orphan or temp files
