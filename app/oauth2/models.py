@@ -135,6 +135,18 @@ class Token(db.Model):
     def get_scope(self) -> str:
         return self.scope
 
+    # used by Authlib's introspection endpoint; ``kind`` is set by the endpoint's lookup
+    def is_expired(self) -> bool:
+        now = time.time()
+        if getattr(self, "kind", "access_token") == "refresh_token":
+            return now >= (self.refresh_expires_at or 0)
+        return now >= self.access_expires_at
+
+    def is_revoked(self) -> bool:
+        if getattr(self, "kind", "access_token") == "refresh_token":
+            return self.revoked_at is not None or self.rotated_at is not None
+        return self.revoked_at is not None
+
     def access_active(self, now: int | None = None) -> bool:
         return self.revoked_at is None and (now or time.time()) < self.access_expires_at
 
