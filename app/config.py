@@ -68,8 +68,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IDP_RATELIMIT_TOKEN", "IDP_RATELIMIT_TOKEN", "600 per minute", _str,
             "Rate limit of token, introspection and revocation requests per client IP address."),
     Setting("RATELIMIT_ENABLED", "IDP_RATELIMIT_ENABLED", True, _bool, "Turn rate limiting on or off."),
-    Setting("IDP_SEED_DEMO", "IDP_SEED_DEMO", False, _bool,
-            "Create the demo client and demo customer at start (development mode only)."),
+    Setting("IDP_TRUSTED_PROXIES", "IDP_TRUSTED_PROXIES", 0, _int,
+            "Number of reverse proxies in front whose X-Forwarded-For/-Proto headers are believed."),
     Setting("IDP_LOG_LEVEL", "IDP_LOG_LEVEL", "INFO", _str, "Log level."),
 )
 
@@ -108,7 +108,6 @@ def load(overrides: dict | None, instance_path: str) -> dict:
         RATELIMIT_HEADERS_ENABLED=True,
         PREFERRED_URL_SCHEME=issuer.scheme,
     )
-    cfg.setdefault("IDP_TRUSTED_PROXIES", 0)
     return cfg
 
 
