@@ -47,6 +47,8 @@ def show():
     items = [i for i in _items(interaction) if i in oidc_claims.SUPPORTED_SCOPES or i.startswith("claim:")]
     allowed = set(client.scope.split())
     items = [i for i in items if i.startswith("claim:") or i in allowed]
+    if "offline_access" in items and not client.check_grant_type("refresh_token"):
+        items.remove("offline_access")  # as authorize.py does: no refresh token for this app
     form = ChoiceForm()
     if request.method == "POST" and form.validate_on_submit():
         if request.form.get("decision") == "allow":
