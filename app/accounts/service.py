@@ -7,8 +7,18 @@ from . import passwords
 from .models import User
 
 
+def N_(message: str) -> str:
+    """Mark a message for extraction (pybabel's default keywords include N_) without translating it here.
+
+    AccountError is raised from the CLI too, where there is no request to pick a language from, so the
+    exception keeps the English msgid: str(exc) is always plain English, and the web pages translate it
+    where they show it (accounts.views: ``_(str(exc))``).
+    """
+    return message
+
+
 class AccountError(ValueError):
-    """A customer-facing problem with the submitted account data."""
+    """A customer-facing problem with the submitted account data; str() is the English msgid."""
 
 
 def normalise_email(email: str) -> str:
@@ -28,11 +38,11 @@ def create_user(email: str, password: str | None, name: str | None = None, email
     """Create a customer; raises AccountError for bad input or a taken email."""
     email = normalise_email(email)
     if not valid_email(email):
-        raise AccountError("Enter a valid email address.")
+        raise AccountError(N_("Enter a valid email address."))
     if password is not None and not (passwords.MIN_LENGTH <= len(password) <= passwords.MAX_LENGTH):
-        raise AccountError("Use a password of at least 8 characters.")
+        raise AccountError(N_("Use a password of at least 8 characters."))
     if find_by_email(email):
-        raise AccountError("An account with this email already exists. Sign in instead.")
+        raise AccountError(N_("An account with this email already exists. Sign in instead."))
     user = User(
         email=email,
         email_verified=email_verified,
