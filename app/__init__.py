@@ -73,10 +73,11 @@ def _select_locale():
 
     supported = current_app.config["IDP_LOCALES"]
     wanted = request.args.get("ui_locales")
-    if not wanted and request.values.get("interaction"):
+    # Only the query string: reading a body here could raise again while an error page (413) renders.
+    if not wanted and request.args.get("interaction"):
         from . import interactions
 
-        data = interactions.load(request.values.get("interaction"))
+        data = interactions.load(request.args.get("interaction"))
         wanted = data["params"].get("ui_locales") if data else None
     for tag in (wanted or "").split():
         base = tag.split("-")[0].lower()

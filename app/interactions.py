@@ -8,6 +8,7 @@ interaction is bound to the browser that started it.
 
 from __future__ import annotations
 
+import re
 import time
 
 from flask import current_app, session
@@ -16,6 +17,7 @@ from .crypto import random_token, same
 from .store import store
 
 PREFIX = "interaction:"
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _browser_id() -> str:
@@ -38,7 +40,7 @@ def start(params: dict, client_id: str) -> str:
 
 def load(iid: str | None) -> dict | None:
     """The interaction, if it exists and belongs to this browser."""
-    if not iid or len(iid) > 64:
+    if not iid or not _ID.fullmatch(iid):
         return None
     data = store().get(PREFIX + iid)
     if not data or not same(data.get("bid", ""), session.get("bid", "")):

@@ -19,11 +19,12 @@ from . import policy
 bp = Blueprint("consent", __name__)
 
 
-def _items(interaction) -> list[str]:
+def _items(interaction, client) -> list[str]:
     params = interaction["params"]
     scopes = list(dict.fromkeys((params.get("scope") or "").split()))
     try:
-        claims_request = oidc_claims.parse_claims_request(params.get("claims"))
+        claims_request = oidc_claims.restrict(oidc_claims.parse_claims_request(params.get("claims")),
+                                              set(client.scope.split()))
     except oidc_claims.ClaimsRequestError:
         claims_request = {}
     return scopes + oidc_claims.requested_claim_items(claims_request, set(scopes))
@@ -44,7 +45,7 @@ def show():
                           _("Go back to the app and start signing in again."), 400)
     client = db.session.execute(db.select(Client).filter_by(client_id=interaction["client_id"])).scalar_one()
     allow_form_action(interaction["params"].get("redirect_uri", ""))
-    items = [i for i in _items(interaction) if i in oidc_claims.SUPPORTED_SCOPES or i.startswith("claim:")]
+    items = [i for i in _items(interaction, client) if i in oidc_claims.SUPPORTED_SCOPES or i.startswith("claim:")]
     allowed = set(client.scope.split())
     items = [i for i in items if i.startswith("claim:") or i in allowed]
     if "offline_access" in items and not client.check_grant_type("refresh_token"):

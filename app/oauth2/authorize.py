@@ -30,12 +30,13 @@ from ..http import allow_form_action, csp_nonce
 from ..keys import keyring
 from ..oidc import claims as oidc_claims
 from . import codes
-from .models import Client
+from .models import Client, valid_client_id
 
 PROMPTS = {"none", "login", "consent", "select_account"}
 RESPONSE_MODES = {"query", "form_post"}
 CHALLENGE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 MAX_VALUE = 4096
+MAX_AGE = re.compile(r"^[0-9]{1,10}$")
 
 
 class Reject(Exception):
@@ -93,7 +94,7 @@ def trusted_target(params: MultiDict) -> tuple[Client, str]:
     from ..extensions import db
 
     ids = params.getlist("client_id")
-    if len(ids) != 1 or not ids[0] or len(ids[0]) > 64:
+    if len(ids) != 1 or not valid_client_id(ids[0]):
         raise Reject(_("The app did not identify itself correctly."))
     client = db.session.execute(db.select(Client).filter_by(client_id=ids[0])).scalar_one_or_none()
     if client is None:
@@ -139,11 +140,11 @@ def validate(params: MultiDict, client: Client, redirect_uri: str, mode: str) ->
     if "none" in req.prompt and len(req.prompt) > 1:
         raise Redirect("invalid_request", "prompt=none cannot be combined with other values")
     if "max_age" in p:
-        if not p["max_age"].isdigit() or len(p["max_age"]) > 10:
+        if not MAX_AGE.match(p["max_age"]):  # ASCII digits only: str.isdigit() accepts "١٢", "²"
             raise Redirect("invalid_request", "max_age must be a non-negative integer")
         req.max_age = int(p["max_age"])
     try:
-        req.claims = oidc_claims.parse_claims_request(p.get("claims"))
+        req.claims = oidc_claims.restrict(oidc_claims.parse_claims_request(p.get("claims")), set(client.scope.split()))
     except oidc_claims.ClaimsRequestError as exc:
         raise Redirect("invalid_request", str(exc)) from exc
     if p.get("id_token_hint"):

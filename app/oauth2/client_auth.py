@@ -7,7 +7,7 @@ import time
 
 import requests
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from flask import current_app
+from flask import current_app, g
 from joserfc.jwk import KeySet
 
 from ..store import store
@@ -43,6 +43,11 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         ttl = max(60, int(claims.get("exp", 0) - time.time()) + 60)
         return store().add(f"jti:{claims['sub']}:{jti}", {"at": int(time.time())}, min(ttl, 86400))
 
+    def extract_assertion(self, assertion):
+        headers, claims = super().extract_assertion(assertion)
+        g.client_assertion_kid = headers.get("kid")
+        return headers, claims
+
     def resolve_client_public_key(self, client):
         if client.meta.get("jwks"):
             return KeySet.import_key_set(client.meta["jwks"])
@@ -50,8 +55,13 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         if not uri:
             return KeySet([])
         try:
-            return KeySet.import_key_set(_fetch_jwks(uri))
-        except (requests.RequestException, ValueError):
+            data = _fetch_jwks(uri)
+            kid = g.get("client_assertion_kid")
+            if kid and kid not in {k.get("kid") for k in data.get("keys", []) if isinstance(k, dict)}:
+                # The RP rotated its keys (S-17): re-fetch once on an unknown kid, rate-limited.
+                data = _fetch_jwks(uri, force=True)
+            return KeySet.import_key_set(data)
+        except (requests.RequestException, ValueError, AttributeError, TypeError):
             return KeySet([])  # the assertion then fails as invalid_client
 
 

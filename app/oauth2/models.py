@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timezone
 
@@ -11,6 +12,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ..crypto import keyed_hash, same
 from ..extensions import db
+
+CLIENT_ID = re.compile(r"^[\x20-\x7e]{1,64}$")  # RFC 6749 Appendix A.1 (VSCHAR); no NUL for PostgreSQL
+
+
+def valid_client_id(value) -> bool:
+    return isinstance(value, str) and bool(CLIENT_ID.match(value))
+
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")

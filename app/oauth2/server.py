@@ -9,16 +9,20 @@ rotate and a reused one revokes its whole family.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
+from authlib.oauth2.rfc6749 import OAuth2Request as BaseOAuth2Request
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError
+from authlib.oauth2.rfc6749.errors import (InvalidClientError, InvalidGrantError, InvalidRequestError,
+                                           InvalidScopeError)
 from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
-from flask import g, request
+from flask import current_app, g, request
 
 from ..accounts.models import User
 from ..consent import policy as consent_policy
@@ -26,7 +30,7 @@ from ..extensions import db
 from . import codes, tokens
 from .client_auth import PrivateKeyJWT
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
-from .models import AUTH_METHODS, Client, Token
+from .models import AUTH_METHODS, Client, Token, valid_client_id
 
 CONFIDENTIAL = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
@@ -53,7 +57,12 @@ class FormOnlyPayload:
 
 class OAuth2Request(FlaskOAuth2Request):
     def __init__(self, req):
-        super().__init__(req)
+        # The request URI is built from the configured issuer, never from Host / X-Forwarded-Host (S-01):
+        # Authlib's https check on ``request.url`` raised an unhandled InsecureTransportError (a 500) for any
+        # request with a foreign Host. Transport security is enforced by the issuer (https outside dev mode).
+        BaseOAuth2Request.__init__(self, method=req.method, uri=current_app.config["IDP_ISSUER"] + req.path,
+                                   headers=req.headers)
+        self._request = req
         self.payload = FormOnlyPayload(req)
 
     @property
@@ -66,7 +75,7 @@ class Server(AuthorizationServer):
         return OAuth2Request(request)
 
     def query_client(self, client_id):
-        if not client_id or len(client_id) > 64:
+        if not valid_client_id(client_id):
             return None
         cache = g.setdefault("clients", {})
         if client_id not in cache:
@@ -75,11 +84,38 @@ class Server(AuthorizationServer):
             ).scalar_one_or_none()
         return cache[client_id]
 
+    def authenticate_client(self, req, methods, endpoint="token"):
+        # RFC 6749 §2.3 / §5.2 (CA-03): a client MUST NOT use more than one authentication method per request;
+        # Authlib would accept whichever succeeds first.
+        used = [
+            request.headers.get("Authorization", "").split(" ", 1)[0].lower() == "basic",
+            "client_secret" in request.form,
+            "client_assertion" in request.form or "client_assertion_type" in request.form,
+        ]
+        if sum(used) > 1:
+            raise InvalidRequestError("The client used more than one authentication method.")
+        if used[0] and not _well_formed_basic(request.headers["Authorization"]):
+            # Authlib crashes (a 500) on "Basic " with no value, non-base64 or non-UTF-8 credentials.
+            raise InvalidClientError(status_code=401, description="Malformed HTTP Basic credentials.")
+        return super().authenticate_client(req, methods, endpoint)
+
     def save_token(self, token, req):
         pass  # tokens.issue persists the row as it mints the token
 
     def validate_requested_scope(self, scope):
         pass  # each grant checks scope against what was granted
+
+
+def _well_formed_basic(header: str) -> bool:
+    """RFC 7617: "Basic" SP base64(user-id ":" password), UTF-8 (RFC 6749 §2.3.1)."""
+    parts = header.split(None, 1)
+    if len(parts) != 2 or len(parts[1]) > 4096:
+        return False
+    try:
+        decoded = base64.b64decode(parts[1].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return False
+    return ":" in decoded
 
 
 class IssueFromContext:

@@ -83,6 +83,13 @@ def parse_claims_request(raw: str | None) -> dict:
     return out
 
 
+def restrict(claims_request: dict, allowed_scopes: set[str]) -> dict:
+    """Drop requested profile claims whose scope the app may not ask for at all."""
+    return {target: {n: spec for n, spec in section.items() if CLAIM_SCOPE.get(n, "openid") in allowed_scopes
+                     or n not in CLAIM_SCOPE}
+            for target, section in claims_request.items()}
+
+
 def requested_claim_items(claims_request: dict, scopes: set[str]) -> list[str]:
     """Consent items for claims requested one by one and not already covered by a requested scope."""
     items = []

@@ -11,7 +11,7 @@ from ..accounts import sessions
 from ..errors import error_page
 from ..extensions import db
 from ..keys import keyring
-from ..oauth2.models import Client
+from ..oauth2.models import Client, valid_client_id
 
 PENDING = "pending_logout"
 
@@ -34,7 +34,7 @@ def _client_for(claims: dict | None, client_id: str | None) -> Client | None:
     cid = client_id or (auds[0] if auds else None)
     if client_id and auds and client_id not in auds:
         return None
-    if not cid:
+    if not valid_client_id(cid):
         return None
     return db.session.execute(db.select(Client).filter_by(client_id=cid)).scalar_one_or_none()
 
