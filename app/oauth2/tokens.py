@@ -84,6 +84,20 @@ def id_token(*, client, user, row: Token, access_token: str | None, nonce: str |
     return sign(claims, alg)
 
 
+def verify_id_token_hint(value: str) -> dict | None:
+    """Claims of an ID token this server issued; expired ones are accepted (OIDC Core §3.1.2.1, RP-Initiated Logout §2)."""
+    if not value or len(value) > 8192:
+        return None
+    try:
+        token = jwt.decode(value, keyring().verification_keys(), algorithms=["RS256", "ES256"])
+    except (JoseError, ValueError, TypeError):
+        return None
+    claims = token.claims
+    if claims.get("iss") != issuer() or not isinstance(claims.get("sub"), str):
+        return None
+    return claims
+
+
 def by_refresh_token(value: str) -> Token | None:
     if not value or len(value) > 256:
         return None

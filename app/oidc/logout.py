@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 from authlib.common.urls import add_params_to_uri
-from flask import current_app, redirect, render_template, request, session
-from joserfc import jwt
-from joserfc.errors import JoseError
+from flask import redirect, render_template, request, session
 
 from ..accounts import sessions
 from ..errors import error_page
 from ..extensions import db
-from ..keys import keyring
+from ..oauth2 import tokens
 from ..oauth2.models import Client, valid_client_id
 
 PENDING = "pending_logout"
-
-
-def _verify_hint(hint: str) -> dict | None:
-    """Claims of an ID token we issued; expired ones are accepted (RP-Initiated Logout §2)."""
-    try:
-        token = jwt.decode(hint, keyring().verification_keys(), algorithms=["RS256", "ES256"])
-    except (JoseError, ValueError, TypeError):
-        return None
-    claims = token.claims
-    if claims.get("iss") != current_app.config["IDP_ISSUER"] or not isinstance(claims.get("sub"), str):
-        return None
-    return claims
 
 
 def _client_for(claims: dict | None, client_id: str | None) -> Client | None:
@@ -44,7 +30,7 @@ def end_session():
 
     p = request.values
     hint = p.get("id_token_hint")
-    claims = _verify_hint(hint) if hint else None
+    claims = tokens.verify_id_token_hint(hint) if hint else None
     if hint and claims is None:
         return error_page(_("We could not sign you out from this link"),
                           _("The app sent a sign-out request we could not verify."), 400)

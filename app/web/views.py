@@ -12,7 +12,7 @@ import hashlib
 import json
 from urllib.parse import urlencode
 
-from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, session
 from flask_babel import gettext as _
 from joserfc import jwt
 
