@@ -63,3 +63,19 @@ def test_full_code_flow_with_pkce_nonce_userinfo_and_refresh(client, customer, r
     c2 = jwt.decode(new["id_token"], _jwks(client), algorithms=["RS256"]).claims
     assert c2["auth_time"] == c["auth_time"] and c2["sub"] == c["sub"] and c2["iat"] > c["iat"]
     assert "nonce" not in c2
+
+
+def test_an_access_token_is_not_accepted_as_id_token_hint(client, customer, rp):
+    cb, verifier = _login_flow(client, customer, rp, scope="openid")
+    tok = _exchange(client, rp, cb["code"], verifier).get_json()
+    resp = client.get("/authorize", query_string={
+        "response_type": "code", "client_id": rp["client_id"], "redirect_uri": rp["redirect_uri"], "scope": "openid",
+        "prompt": "none", "id_token_hint": tok["access_token"], "state": "s"})
+    assert callback_params(resp)["error"] == "invalid_request"
+    ok = client.get("/authorize", query_string={
+        "response_type": "code", "client_id": rp["client_id"], "redirect_uri": rp["redirect_uri"], "scope": "openid",
+        "prompt": "none", "id_token_hint": tok["id_token"], "state": "s"})
+    assert "code" in callback_params(ok)
+    logout = client.get("/logout", query_string={"id_token_hint": tok["access_token"],
+                                                 "post_logout_redirect_uri": "https://shop.example/bye"})
+    assert logout.status_code == 400 and "Location" not in logout.headers

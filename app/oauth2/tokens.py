@@ -84,18 +84,23 @@ def id_token(*, client, user, row: Token, access_token: str | None, nonce: str |
     return sign(claims, alg)
 
 
-def verify_id_token_hint(value: str) -> dict | None:
-    """Claims of an ID token this server issued; expired ones are accepted (OIDC Core §3.1.2.1, RP-Initiated Logout §2)."""
+def _decode_own(value: str):
+    """A JWT signed by one of our published keys with our issuer, or None. Expiry is the caller's business."""
     if not value or len(value) > 8192:
         return None
     try:
         token = jwt.decode(value, keyring().verification_keys(), algorithms=["RS256", "ES256"])
     except (JoseError, ValueError, TypeError):
         return None
-    claims = token.claims
-    if claims.get("iss") != issuer() or not isinstance(claims.get("sub"), str):
-        return None
-    return claims
+    return token if token.claims.get("iss") == issuer() else None
+
+
+def verify_id_token_hint(value: str) -> dict | None:
+    """Claims of an ID token this server issued; expired ones are accepted (OIDC Core §3.1.2.1, RP-Initiated Logout §2)."""
+    token = _decode_own(value)
+    if token is None or token.header.get("typ") == "at+jwt" or not isinstance(token.claims.get("sub"), str):
+        return None  # an access token is not an ID token
+    return token.claims
 
 
 def by_refresh_token(value: str) -> Token | None:
@@ -108,16 +113,11 @@ def by_refresh_token(value: str) -> Token | None:
 
 def decode_access_token(value: str) -> dict | None:
     """Verified claims of one of our JWT access tokens, or None (bad signature, type, issuer or expired)."""
-    if not value or len(value) > 8192:
-        return None
-    try:
-        token = jwt.decode(value, keyring().verification_keys(), algorithms=["RS256", "ES256"])
-    except (JoseError, ValueError, TypeError):
-        return None
-    if token.header.get("typ") != "at+jwt":
+    token = _decode_own(value)
+    if token is None or token.header.get("typ") != "at+jwt":
         return None
     claims = token.claims
-    if claims.get("iss") != issuer() or not isinstance(claims.get("exp"), int) or claims["exp"] <= time.time():
+    if not isinstance(claims.get("exp"), int) or claims["exp"] <= time.time():
         return None
     return claims
 
