@@ -29,10 +29,12 @@ def create_app(overrides: dict | None = None) -> Flask:
     babel.init_app(app, locale_selector=_select_locale)
 
     from . import keys, store
+    from .consent import purposes
 
     _tune_sqlite(app)
     store.init_app(app)
     keys.init_app(app)
+    purposes.init_app(app)
 
     from .accounts import views as accounts_views
     from .consent import views as consent_views

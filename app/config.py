@@ -70,6 +70,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RATELIMIT_ENABLED", "IDP_RATELIMIT_ENABLED", True, _bool, "Turn rate limiting on or off."),
     Setting("IDP_TRUSTED_PROXIES", "IDP_TRUSTED_PROXIES", 0, _int,
             "Number of reverse proxies in front whose X-Forwarded-For/-Proto headers are believed."),
+    Setting("IDP_PURPOSES_FILE", "IDP_PURPOSES_FILE", str(ROOT / "app" / "purposes.json"), _str,
+            "JSON file of brand purposes (id → title and description in en/tr, required, sale_or_sharing, "
+            "lawful_basis)."),
+    Setting("IDP_CONTROLLER_NAME", "IDP_CONTROLLER_NAME", "Example Brand", _str,
+            "The data controller named in consent receipts."),
+    Setting("IDP_CONTROLLER_CONTACT", "IDP_CONTROLLER_CONTACT", "privacy@example.com", _str,
+            "How customers reach the data controller (in consent receipts)."),
     Setting("IDP_LOG_LEVEL", "IDP_LOG_LEVEL", "INFO", _str, "Log level."),
 )
 

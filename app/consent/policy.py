@@ -38,6 +38,20 @@ def record(user, client, items: list[str]) -> None:
     db.session.commit()
 
 
+def purposes_claim(user_id: int, client, scope: str) -> dict | None:
+    """The ``consented_purposes`` claim: each brand purpose in ``scope`` still granted, and since when."""
+    from .purposes import all_purposes
+
+    wanted = [s for s in scope.split() if s in all_purposes()]
+    if not wanted:
+        return None
+    rows = db.session.execute(
+        db.select(ConsentGrant.item, ConsentGrant.granted_at).where(
+            ConsentGrant.user_id == user_id, ConsentGrant.client_id == client.client_id,
+            ConsentGrant.item.in_(wanted))).all()
+    return {item: {"granted_at": at} for item, at in rows}
+
+
 def still_granted(user, client, scopes: list[str]) -> list[str]:
     """The subset of ``scopes`` the customer still allows (used at refresh)."""
     if client.trusted:

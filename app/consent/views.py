@@ -14,17 +14,21 @@ from ..http import allow_form_action
 from ..oauth2.authorize import resume_url
 from ..oauth2.models import Client
 from ..oidc import claims as oidc_claims
-from . import policy
+from . import purposes, service
 
 bp = Blueprint("consent", __name__)
 
 
-def _items(interaction, client) -> list[str]:
+def requested_items(interaction, client) -> list[str]:
+    """What the pending request asks of the customer, limited to what the app may ask at all."""
     params = interaction["params"]
-    scopes = list(dict.fromkeys((params.get("scope") or "").split()))
+    allowed = set(client.scope.split())
+    scopes = [s for s in dict.fromkeys((params.get("scope") or "").split())
+              if s in allowed and s in purposes.supported_scopes()]
+    if "offline_access" in scopes and not client.check_grant_type("refresh_token"):
+        scopes.remove("offline_access")  # as authorize.py does: no refresh token for this app
     try:
-        claims_request = oidc_claims.restrict(oidc_claims.parse_claims_request(params.get("claims")),
-                                              set(client.scope.split()))
+        claims_request = oidc_claims.restrict(oidc_claims.parse_claims_request(params.get("claims")), allowed)
     except oidc_claims.ClaimsRequestError:
         claims_request = {}
     return scopes + oidc_claims.requested_claim_items(claims_request, set(scopes))
@@ -45,23 +49,27 @@ def show():
                           _("Go back to the app and start signing in again."), 400)
     client = db.session.execute(db.select(Client).filter_by(client_id=interaction["client_id"])).scalar_one()
     allow_form_action(interaction["params"].get("redirect_uri", ""))
-    items = [i for i in _items(interaction, client) if i in oidc_claims.SUPPORTED_SCOPES or i.startswith("claim:")]
-    allowed = set(client.scope.split())
-    items = [i for i in items if i.startswith("claim:") or i in allowed]
-    if "offline_access" in items and not client.check_grant_type("refresh_token"):
-        items.remove("offline_access")  # as authorize.py does: no refresh token for this app
+    items = requested_items(interaction, client)
+    asked_purposes = [purposes.get(i) for i in items if purposes.get(i)]
+    optional = {p.id for p in asked_purposes if not p.required}
     form = ChoiceForm()
     if request.method == "POST" and form.validate_on_submit():
         if request.form.get("decision") == "allow":
-            policy.record(session.user, client, items)
-            interactions.update(interaction, consent_done=True)
+            ticked = set(request.form.getlist("purpose"))
+            declined = sorted(optional - ticked)
+            service.grant(session.user, client, [i for i in items if i not in declined], channel="consent_page")
+            interactions.update(interaction, consent_done=True, declined=declined)
         else:
             interactions.update(interaction, denied=True)
         return redirect(resume_url(interaction["id"]), code=303)
     form.interaction.data = interaction["id"]
-    descriptions = [_describe(i) for i in items]
+    gpc = request.headers.get("Sec-GPC", "").strip() == "1"
+    purpose_rows = [{"id": p.id, "title": p.text("title"), "description": p.text("description"),
+                     "required": p.required, "checked": p.required or not (gpc and p.sale_or_sharing)}
+                    for p in asked_purposes]
+    descriptions = [_describe(i) for i in items if purposes.get(i) is None]
     return render_template("consent/consent.html", form=form, client=client, user=session.user,
-                           items=descriptions)
+                           items=descriptions, purposes=purpose_rows, gpc=gpc)
 
 
 def init_app(app) -> None:

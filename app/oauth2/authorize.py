@@ -22,7 +22,8 @@ from werkzeug.datastructures import MultiDict
 
 from .. import interactions
 from ..accounts import sessions
-from ..consent import policy
+from ..consent import policy, purposes
+from ..consent import service as consent_service
 from ..errors import clean_description, error_page
 from ..http import allow_form_action, csp_nonce
 from ..oidc import claims as oidc_claims
@@ -152,7 +153,7 @@ def _scopes(raw: str | None, client: Client) -> list[str]:
     requested = list(dict.fromkeys((raw or "").split()))
     if not requested:
         raise Redirect("invalid_scope", "The scope parameter is required")
-    unknown = [s for s in requested if s not in oidc_claims.SUPPORTED_SCOPES]
+    unknown = [s for s in requested if s not in purposes.supported_scopes()]
     if unknown:
         raise Redirect("invalid_scope", "Unknown scope requested")
     allowed = set(client.scope.split())
@@ -205,6 +206,8 @@ def decide(req: AuthRequest, interaction: dict | None):
     if "select_account" in req.prompt and not (interaction and interaction.get("account_selected")) and not fresh:
         return _park(req, interaction, "accounts.select_account")
 
+    declined = set(interaction.get("declined", ())) if interaction else set()
+    req.scopes = [s for s in req.scopes if s not in declined]  # optional purposes the customer unticked
     items = req.scopes + oidc_claims.requested_claim_items(req.claims, set(req.scopes))
     if interaction and interaction.get("denied"):
         raise Redirect("access_denied", "The customer did not allow access")
@@ -226,6 +229,9 @@ def _park(req: AuthRequest, interaction: dict | None, endpoint: str):
 
 
 def issue(req: AuthRequest, session, items: list[str], interaction: dict | None):
+    if req.client.trusted:
+        # First-party apps skip the page, but their use is still recorded (and listed in the account centre).
+        consent_service.grant(session.user, req.client, items, channel="first_party")
     code = codes.issue(
         client_id=req.client.client_id, user_id=session.user_id, redirect_uri=req.redirect_uri,
         scope=" ".join(req.scopes), nonce=req.params.get("nonce"), code_challenge=req.params.get("code_challenge"),

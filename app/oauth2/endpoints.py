@@ -8,6 +8,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint as _Revocation
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _Introspection
 
 from ..accounts.models import User
+from ..consent import policy
 from ..extensions import db
 from . import tokens
 from .models import AUTH_METHODS, Token
@@ -72,4 +73,9 @@ class IntrospectionEndpoint(_Introspection):
         for name in ("auth_time", "acr", "amr", "sid"):
             if getattr(token, name):
                 body[name] = getattr(token, name)
+        if user is not None:
+            client = self.server.query_client(token.client_id)
+            purposes = policy.purposes_claim(user.id, client, token.scope) if client else None
+            if purposes is not None:
+                body[tokens.PURPOSES_CLAIM] = purposes
         return body

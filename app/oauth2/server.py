@@ -161,6 +161,8 @@ class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
         if user is None:
             raise InvalidGrantError("The customer of this code no longer exists.")
         self.request.user = user
+        if len(consent_policy.still_granted(user, self.request.client, code.scope.split())) < len(code.scope.split()):
+            raise InvalidGrantError("The customer withdrew consent for this app.")
         token = self.generate_token(user=user, scope=code.scope, include_refresh_token=include_refresh)
         return 200, token, self.TOKEN_RESPONSE_HEADER
 

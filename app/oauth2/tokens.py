@@ -14,11 +14,16 @@ from flask import current_app
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from ..consent import policy
 from ..crypto import keyed_hash, random_token
 from ..extensions import db
 from ..keys import keyring
 from ..oidc.claims import claims_for
 from .models import Token
+
+
+#: The claim that tells an app which brand purposes the customer granted it, and since when.
+PURPOSES_CLAIM = "consented_purposes"
 
 
 def issuer() -> str:
@@ -81,6 +86,9 @@ def id_token(*, client, user, row: Token, access_token: str | None, nonce: str |
     if access_token:
         claims["at_hash"] = create_half_hash(access_token, alg).decode()
     claims.update(claims_for(user, row.scope, row.claims or {}, "id_token"))
+    purposes = policy.purposes_claim(user.id, client, row.scope)
+    if purposes is not None:
+        claims[PURPOSES_CLAIM] = purposes
     return sign(claims, alg)
 
 

@@ -32,6 +32,7 @@ SCOPE_TEXT = {
     "phone": _l("Your phone number"),
     "address": _l("Your postal address"),
     "offline_access": _l("Stay connected when you are not using the app"),
+    "account": _l("See and change what you share with our apps, from inside this app"),
 }
 
 CLAIM_TEXT = {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from .claims import SUPPORTED_CLAIMS, SUPPORTED_SCOPES
+from ..consent import purposes
+from .claims import SUPPORTED_CLAIMS
 
 
 def build_metadata(app) -> dict:
@@ -21,7 +22,7 @@ def build_metadata(app) -> dict:
         "end_session_endpoint": iss + "/logout",
         "revocation_endpoint": iss + "/revoke",
         "introspection_endpoint": iss + "/introspect",
-        "scopes_supported": list(SUPPORTED_SCOPES),
+        "scopes_supported": purposes.supported_scopes(),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
         "grant_types_supported": grant_types,

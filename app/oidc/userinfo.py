@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import jsonify, request
 
 from ..accounts.models import User
+from ..consent import policy
 from ..errors import json_error
 from ..extensions import db
 from ..oauth2 import tokens
@@ -60,7 +61,12 @@ def userinfo():
     client = db.session.execute(db.select(Client).filter_by(client_id=row.client_id)).scalar_one_or_none()
     if user is None or client is None:
         return _bearer_error(401, "invalid_token", "The access token is no longer valid")
-    body = {"sub": user.sub, **claims_for(user, row.scope, row.claims or {}, "userinfo")}
+    # What the customer allows now, not when the token was minted: a withdrawal applies at once.
+    scope = " ".join(policy.still_granted(user, client, row.scope.split()))
+    body = {"sub": user.sub, **claims_for(user, scope, row.claims or {}, "userinfo")}
+    purposes = policy.purposes_claim(user.id, client, scope)
+    if purposes is not None:
+        body[tokens.PURPOSES_CLAIM] = purposes
     resp = jsonify(body)
     resp.headers["Cache-Control"] = "no-store"
     return resp

@@ -55,4 +55,5 @@ def logout_confirm():
 
 def init_app(app) -> None:
     app.register_blueprint(bp)
-    discovery.build(app)
+    with app.app_context():
+        discovery.build(app)
