@@ -41,8 +41,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     from .oauth2 import views as oauth2_views
     from .oidc import views as oidc_views
     from .web import views as web_views
+    from . import portal
 
-    for pkg in (oauth2_views, oidc_views, accounts_views, consent_views, web_views):
+    for pkg in (oauth2_views, oidc_views, accounts_views, consent_views, web_views, portal):
         pkg.init_app(app)
 
     from . import cli
@@ -56,6 +57,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.after_request(security_headers)
     app.jinja_env.globals["csp_nonce"] = csp_nonce
     app.jinja_env.globals["lang_url"] = _lang_url
+    app.jinja_env.globals["url_map_endpoints"] = lambda: {r.endpoint for r in app.url_map.iter_rules()}
+    app.jinja_env.filters["datetime"] = _format_time
     from flask_babel import get_locale
 
     app.jinja_env.globals["get_locale"] = get_locale
@@ -119,3 +122,14 @@ def _lang_url(code: str) -> str:
     args = {k: v for k, v in request.args.items() if k != "ui_locales"}
     args["ui_locales"] = code
     return request.path + "?" + urlencode(args)
+
+
+def _format_time(epoch) -> str:
+    """Epoch seconds as a date and time in the customer's language."""
+    from datetime import datetime, timezone
+
+    from flask_babel import format_datetime
+
+    if not epoch:
+        return ""
+    return format_datetime(datetime.fromtimestamp(int(epoch), tz=timezone.utc), "medium")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from flask_babel import gettext as _
@@ -35,9 +36,17 @@ def _context():
     return interaction, client
 
 
+def _safe_next() -> str | None:
+    """Only account-centre paths of this server (no open redirect)."""
+    target = request.args.get("next", "")
+    if re.fullmatch(r"/account(/[A-Za-z0-9/_-]*)?(\?[A-Za-z0-9=&_%-]*)?", target):
+        return target
+    return None
+
+
 def _after_login(interaction, session):
     if interaction is None:
-        return redirect(url_for("web.home"), code=303)
+        return redirect(_safe_next() or url_for("web.home"), code=303)
     interactions.update(interaction, login_at=session.auth_time, account_selected=True)
     return redirect(resume_url(interaction["id"]), code=303)
 

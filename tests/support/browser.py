@@ -65,12 +65,15 @@ class Customer:
             "interaction": unescape(iid.group(1)) if iid else "",
         })
 
-    def submit_consent(self, page, decision="allow"):
+    def submit_consent(self, page, decision="allow", purposes: list[str] | None = None):
+        """Press Allow or Deny. Purpose checkboxes are sent as the page ticked them, or as ``purposes`` says."""
         html = page.get_data(as_text=True)
         action = unescape(re.search(r'<form method="post" action="([^"]+)"', html).group(1))
         iid = re.search(r'name="interaction" type="hidden" value="([^"]*)"', html)
+        if purposes is None:
+            purposes = re.findall(r'name="purpose" value="([^"]+)" checked(?! disabled)>', html)
         return self.client.post(action, data={"csrf_token": csrf_token(html), "decision": decision,
-                                              "interaction": unescape(iid.group(1))})
+                                              "interaction": unescape(iid.group(1)), "purpose": purposes})
 
 
 def callback_params(resp) -> dict:
