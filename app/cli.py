@@ -12,7 +12,7 @@ from flask.cli import AppGroup
 from .crypto import keyed_hash, random_token
 from .extensions import db
 from .oauth2.models import AUTH_METHODS, GRANT_TYPES, Client
-from .consent.purposes import supported_scopes
+from .consent.purposes import ADMIN_SCOPE, supported_scopes
 
 clients_cli = AppGroup("clients", help="Register and inspect apps (OIDC relying parties).")
 users_cli = AppGroup("users", help="Manage customers.")
@@ -44,7 +44,7 @@ def create_client(name: str, redirect_uris: list[str], *, public: bool = False, 
         raise click.BadParameter("--redirect-uri is required for clients that use the code flow")
     if auth_method == "private_key_jwt" and not (meta.get("jwks_uri") or meta.get("jwks")):
         raise click.BadParameter("private_key_jwt needs --jwks-uri")
-    unknown = set(scope.split()) - set(supported_scopes())
+    unknown = set(scope.split()) - set(supported_scopes()) - {ADMIN_SCOPE}
     if unknown:
         raise click.BadParameter(f"unknown scope: {' '.join(sorted(unknown))}")
     secret = random_token(32) if auth_method in ("client_secret_basic", "client_secret_post") else None

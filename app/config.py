@@ -77,6 +77,21 @@ SETTINGS: tuple[Setting, ...] = (
             "The data controller named in consent receipts."),
     Setting("IDP_CONTROLLER_CONTACT", "IDP_CONTROLLER_CONTACT", "privacy@example.com", _str,
             "How customers reach the data controller (in consent receipts)."),
+    Setting("IDP_SMTP_URL", "IDP_SMTP_URL", None, _str,
+            "Outgoing mail: smtp://user:pass@host:587 (STARTTLS), smtps://…:465, or smtp://host:25 (plain, local "
+            "relays only). Unset in development mode: mail is written to IDP_MAIL_DIR instead."),
+    Setting("IDP_MAIL_FROM", "IDP_MAIL_FROM", "Account <no-reply@localhost>", _str, "Sender of customer email."),
+    Setting("IDP_MAIL_DIR", "IDP_MAIL_DIR", None, _str,
+            "Development outbox folder for email (.eml files). Default: instance/outbox."),
+    Setting("IDP_EMAIL_LINK_TTL", "IDP_EMAIL_LINK_TTL", 86400, _int,
+            "Lifetime of email verification and change links, seconds (password reset links: 1 hour)."),
+    Setting("IDP_OUTBOX_WORKER", "IDP_OUTBOX_WORKER", "thread", _str,
+            "Who delivers back-channel logout tokens: 'thread' (a poller in each app process) or 'off' "
+            "(run `flask outbox work` as a separate process)."),
+    Setting("IDP_BACKCHANNEL_TIMEOUT", "IDP_BACKCHANNEL_TIMEOUT", 5, _int,
+            "Timeout of one back-channel logout delivery, seconds."),
+    Setting("IDP_GEOIP_DB", "IDP_GEOIP_DB", None, _str,
+            "Optional MaxMind GeoLite2-City .mmdb file to show the approximate place of a session."),
     Setting("IDP_LOG_LEVEL", "IDP_LOG_LEVEL", "INFO", _str, "Log level."),
 )
 

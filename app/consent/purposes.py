@@ -17,8 +17,10 @@ from flask_babel import get_locale
 
 from ..oidc.claims import SUPPORTED_SCOPES
 
-#: Scopes for APIs of this server (not profile claims, not purposes).
+#: Scopes for APIs of this server (not profile claims, not purposes); customers consent to them.
 API_SCOPES = ("account",)
+#: The operator's admin API scope: client credentials only, never requested for a customer.
+ADMIN_SCOPE = "admin"
 LAWFUL_BASES = ("consent", "contract", "legal_obligation", "legitimate_interest")
 
 
@@ -65,4 +67,5 @@ def get(pid: str) -> Purpose | None:
 
 
 def supported_scopes() -> list[str]:
+    """Scopes an app may request for a customer."""
     return [*SUPPORTED_SCOPES, *API_SCOPES, *all_purposes()]

@@ -39,10 +39,15 @@ def recently_authenticated() -> bool:
 def init_app(app) -> None:
     from . import apps, views  # noqa: F401  (register routes)
 
-    for name in ("profile", "security", "sessions_page", "privacy"):
+    import importlib
+
+    for name in ("profile", "security", "sessions_page", "privacy", "api"):
         try:
-            __import__(f"{__name__}.{name}")
+            module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:
             if exc.name != f"{__name__}.{name}":
                 raise
+            continue
+        if hasattr(module, "init_app"):
+            module.init_app(app)
     app.register_blueprint(bp)
