@@ -34,3 +34,7 @@ test: install-dev interop-deps
 
 clean:
 	rm -rf $(VENV) instance tests/interop/node_modules
+
+.PHONY: bench
+bench: install  # needs PostgreSQL, Redis, Node.js and wrk; writes docs/performance.md (see bench/README.md)
+	$(BIN)/python bench/run.py

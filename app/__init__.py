@@ -41,10 +41,14 @@ def create_app(overrides: dict | None = None) -> Flask:
     from .oauth2 import views as oauth2_views
     from .oidc import views as oidc_views
     from .web import views as web_views
-    from . import portal
+    from . import admin, passkeys, portal
 
+    from .device import init_app as init_device_flow; init_device_flow(app)  # RFC 8628; before the portal registers
+    from .federation.views import init_app as init_federation; init_federation(app)  # upstream IdPs; before the portal registers
     for pkg in (oauth2_views, oidc_views, accounts_views, consent_views, web_views, portal):
         pkg.init_app(app)
+    admin.init_app(app)
+    passkeys.init_app(app)
 
     from . import cli
     from .accounts.sessions import apply_cookie
@@ -55,6 +59,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     cli.init_app(app)
     app.after_request(apply_cookie)
     app.after_request(security_headers)
+    from . import observability; observability.init_app(app)  # /healthz /readyz /metrics, request ids, JSON logs
     app.jinja_env.globals["csp_nonce"] = csp_nonce
     app.jinja_env.globals["lang_url"] = _lang_url
     app.jinja_env.globals["url_map_endpoints"] = lambda: {r.endpoint for r in app.url_map.iter_rules()}

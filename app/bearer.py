@@ -52,8 +52,10 @@ def token_value() -> str:
         raise BearerError(401, None, "An access token is required: Authorization: Bearer <token>")
     scheme, _, value = header.partition(" ")
     value = value.strip()
-    if scheme.lower() != "bearer" or not value or " " in value:
-        raise BearerError(401, "invalid_token", "Use the Bearer scheme with one access token")
+    if scheme.lower() != "bearer":
+        raise BearerError(401, None, "An access token is required: Authorization: Bearer <token>")
+    if not value or " " in value:
+        raise BearerError(400, "invalid_request", "Send exactly one access token after Bearer")
     return value
 
 
@@ -75,7 +77,10 @@ def authenticate(scope: str, *, subject: str = "user"):
 
 
 def require(scope: str, realm: str, *, subject: str = "user", check: Callable | None = None):
-    """Decorator: the view runs with ``g.token_claims`` and ``g.token``; ``check(claims, row)`` may raise BearerError."""
+    """Decorator: the view runs with ``g.token_claims`` and ``g.token``.
+
+    ``check(claims, row)`` may add the caller's own conditions by raising BearerError.
+    """
 
     def decorator(view):
         @functools.wraps(view)

@@ -18,6 +18,7 @@ clients_cli = AppGroup("clients", help="Register and inspect apps (OIDC relying 
 users_cli = AppGroup("users", help="Manage customers.")
 demo_cli = AppGroup("demo", help="The demo app and customer (development mode only).")
 store_cli = AppGroup("store", help="Short-lived state.")
+outbox_cli = AppGroup("outbox", help="Durable outbound deliveries (back-channel logout tokens).")
 DEFAULT_SCOPE = "openid profile email phone address offline_access"
 
 
@@ -44,6 +45,7 @@ def create_client(name: str, redirect_uris: list[str], *, public: bool = False, 
         raise click.BadParameter("--redirect-uri is required for clients that use the code flow")
     if auth_method == "private_key_jwt" and not (meta.get("jwks_uri") or meta.get("jwks")):
         raise click.BadParameter("private_key_jwt needs --jwks-uri")
+    _check_logout_uris(redirect_uris, meta)
     unknown = set(scope.split()) - set(supported_scopes()) - {ADMIN_SCOPE}
     if unknown:
         raise click.BadParameter(f"unknown scope: {' '.join(sorted(unknown))}")
@@ -67,6 +69,26 @@ def create_client(name: str, redirect_uris: list[str], *, public: bool = False, 
     return client, secret
 
 
+def _check_logout_uris(redirect_uris: list[str], meta: dict) -> None:
+    """Back-/Front-Channel Logout URIs: https (dev mode: http://localhost too), never a private address literal."""
+    from .netguard import Refused, check_url
+
+    dev = current_app.config["IDP_DEV_MODE"]
+    for key in ("backchannel_logout_uri", "frontchannel_logout_uri"):
+        if not meta.get(key):
+            continue
+        try:
+            check_url(meta[key], dev_mode=dev)
+        except Refused as exc:
+            raise click.BadParameter(f"{key} {exc}: {meta[key]}") from exc
+    front = meta.get("frontchannel_logout_uri")
+    if front:
+        # Front-Channel Logout 1.0 §2: same scheme, host and port as a registered redirect URI.
+        origin = urlsplit(front)
+        if not any((urlsplit(u).scheme, urlsplit(u).netloc) == (origin.scheme, origin.netloc) for u in redirect_uris):
+            raise click.BadParameter("frontchannel_logout_uri must have the scheme, host and port of a redirect URI")
+
+
 def _client_json(client: Client, secret: str | None = None) -> dict:
     out = client.public_metadata()
     if secret:
@@ -85,6 +107,10 @@ def _client_json(client: Client, secret: str | None = None) -> dict:
 @click.option("--jwks-uri")
 @click.option("--post-logout-redirect-uri", "post_logout_redirect_uris", multiple=True)
 @click.option("--backchannel-logout-uri")
+@click.option("--backchannel-logout-session-required", is_flag=True, help="The app needs sid in logout tokens.")
+@click.option("--frontchannel-logout-uri")
+@click.option("--frontchannel-logout-session-required", is_flag=True,
+              help="Add iss and sid to the front-channel logout URI.")
 @click.option("--logo-uri")
 @click.option("--policy-uri")
 @click.option("--tos-uri")
@@ -94,14 +120,18 @@ def _client_json(client: Client, secret: str | None = None) -> dict:
 @click.option("--client-id", help="Choose the client_id (default: random).")
 @click.option("--json", "as_json", is_flag=True)
 def clients_create(name, redirect_uris, public, grant_types, scope, auth_method, jwks_uri, post_logout_redirect_uris,
-                   backchannel_logout_uri, logo_uri, policy_uri, tos_uri, id_token_signed_response_alg, require_pkce,
+                   backchannel_logout_uri, backchannel_logout_session_required, frontchannel_logout_uri,
+                   frontchannel_logout_session_required, logo_uri, policy_uri, tos_uri, id_token_signed_response_alg, require_pkce,
                    trusted, client_id, as_json):
     """Register an app and print its credentials (the secret is shown only once)."""
     client, secret = create_client(
         name, list(redirect_uris), public=public, grant_types=list(grant_types) or None, scope=scope,
         auth_method=auth_method, trusted=trusted, client_id=client_id, jwks_uri=jwks_uri,
         post_logout_redirect_uris=[_check_uri(u, "post_logout_redirect_uri") for u in post_logout_redirect_uris],
-        backchannel_logout_uri=backchannel_logout_uri, logo_uri=logo_uri, policy_uri=policy_uri, tos_uri=tos_uri,
+        backchannel_logout_uri=backchannel_logout_uri,
+        backchannel_logout_session_required=backchannel_logout_session_required,
+        frontchannel_logout_uri=frontchannel_logout_uri,
+        frontchannel_logout_session_required=frontchannel_logout_session_required, logo_uri=logo_uri, policy_uri=policy_uri, tos_uri=tos_uri,
         id_token_signed_response_alg=id_token_signed_response_alg, require_pkce=require_pkce,
     )
     data = _client_json(client, secret)
@@ -194,8 +224,45 @@ def store_purge():
     click.echo(f"purged {purge() if purge else 0} expired items")
 
 
+@outbox_cli.command("work")
+@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
+def outbox_work(once):
+    """Deliver queued messages until interrupted (use with IDP_OUTBOX_WORKER=off)."""
+    from . import outbox
+
+    try:
+        n = outbox.work(once=once)
+    except KeyboardInterrupt:
+        return
+    click.echo(f"attempted {n} deliveries")
+
+
+@outbox_cli.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include delivered messages.")
+@click.option("--json", "as_json", is_flag=True)
+def outbox_list(show_all, as_json):
+    """Pending and failed deliveries (never their payload)."""
+    from .outbox import OutboxMessage
+
+    query = db.select(OutboxMessage).order_by(OutboxMessage.id)
+    if not show_all:
+        query = query.where(OutboxMessage.delivered_at.is_(None))
+    rows = []
+    for m in db.session.execute(query).scalars():
+        state = "delivered" if m.delivered_at else "failed" if m.failed_at else "pending"
+        rows.append({"id": m.id, "kind": m.kind, "target": m.target, "state": state, "attempts": m.attempts,
+                     "next_attempt_at": m.next_attempt_at, "last_error": m.last_error})
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['id']}\t{r['kind']}\t{r['state']}\t{r['attempts']}\t{r['target']}\t{r['last_error'] or ''}")
+
+
 def init_app(app) -> None:
+    from .admin import consents_cli
     from .keys import keys_cli
 
-    for group in (clients_cli, users_cli, keys_cli, demo_cli, store_cli):
+    from .federation.cli import upstreams_cli
+    for group in (clients_cli, users_cli, keys_cli, demo_cli, store_cli, consents_cli, outbox_cli, upstreams_cli):
         app.cli.add_command(group)

@@ -51,6 +51,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Redis URL for short-lived state and rate-limit counters. Unset: the embedded store in the database."),
     Setting("IDP_KEYS_DIR", "IDP_KEYS_DIR", str(ROOT / "keys"), _str,
             "Folder of the signing key ring (keyring.json and one private JWK file per key, mode 0600)."),
+    Setting("IDP_KEYS_STORE", "IDP_KEYS_STORE", "files", _str,
+            "Where the signing key ring lives: 'files' (IDP_KEYS_DIR) or 'database' (the signing_keys table, "
+            "shared by every node; private keys encrypted under IDP_KEY_ENCRYPTION_KEY)."),
+    Setting("IDP_KEY_ENCRYPTION_KEY", "IDP_KEY_ENCRYPTION_KEY", None, _str,
+            "base64url of 32 random bytes: the AES-256-GCM key of the private signing keys in the database. "
+            "Required with IDP_KEYS_STORE=database outside development mode."),
+    Setting("IDP_KEYS_REFRESH_SECONDS", "IDP_KEYS_REFRESH_SECONDS", 5, float,
+            "With IDP_KEYS_STORE=database: how often a process checks for key changes made by other nodes, "
+            "seconds; a rotation is used everywhere within this time."),
     Setting("IDP_ACCESS_TOKEN_TTL", "IDP_ACCESS_TOKEN_TTL", 600, _int, "Access token lifetime, seconds."),
     Setting("IDP_ID_TOKEN_TTL", "IDP_ID_TOKEN_TTL", 3600, _int, "ID token lifetime, seconds."),
     Setting("IDP_REFRESH_TOKEN_TTL", "IDP_REFRESH_TOKEN_TTL", 30 * 86400, _int,
@@ -92,7 +101,22 @@ SETTINGS: tuple[Setting, ...] = (
             "Timeout of one back-channel logout delivery, seconds."),
     Setting("IDP_GEOIP_DB", "IDP_GEOIP_DB", None, _str,
             "Optional MaxMind GeoLite2-City .mmdb file to show the approximate place of a session."),
+    Setting("IDP_UPSTREAMS_FILE", "IDP_UPSTREAMS_FILE", None, _str,
+            "Optional JSON file of upstream identity providers (Continue with Google, Apple, …), read at start."),
+    Setting("IDP_DEVICE_CODE_TTL", "IDP_DEVICE_CODE_TTL", 600, _int, "Lifetime of a device code, seconds."),
+    Setting("IDP_RATELIMIT_DEVICE", "IDP_RATELIMIT_DEVICE", "10 per minute", _str,
+            "Device code entries per client IP address."),
+    Setting("IDP_DEVICE_ENTRY_ATTEMPTS", "IDP_DEVICE_ENTRY_ATTEMPTS", 10, _int,
+            "Device code entries per browser in 15 minutes."),
+    Setting("IDP_PASSKEY_CHALLENGE_TTL", "IDP_PASSKEY_CHALLENGE_TTL", 300, _int,
+            "Lifetime of a passkey ceremony's challenge, seconds."),
+    Setting("IDP_RATELIMIT_PASSKEY", "IDP_RATELIMIT_PASSKEY", "30 per minute", _str,
+            "Passkey ceremony requests per client IP address."),
     Setting("IDP_LOG_LEVEL", "IDP_LOG_LEVEL", "INFO", _str, "Log level."),
+    Setting("IDP_LOG_FORMAT", "IDP_LOG_FORMAT", "text", _str,
+            "Log line format: 'text' or 'json' (one JSON object per line, with the request id)."),
+    Setting("IDP_METRICS_TOKEN", "IDP_METRICS_TOKEN", None, _str,
+            "Bearer token that unlocks GET /metrics (Prometheus). Unset: /metrics answers 404."),
 )
 
 
@@ -136,7 +160,9 @@ def load(overrides: dict | None, instance_path: str) -> dict:
 def _engine_options(url: str) -> dict:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 15}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+    # No pre-ping (a SELECT 1 before every request); connections are recycled instead, and a connection
+    # that died meanwhile fails one request and is replaced.
+    return {"pool_recycle": 1800, "pool_size": 10, "max_overflow": 10}
 
 
 class ConfigError(RuntimeError):

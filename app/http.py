@@ -27,22 +27,31 @@ def allow_form_action(url: str) -> None:
         g.setdefault("form_action", set()).add(f"{parts.scheme}://{parts.netloc}")
 
 
+def allow_frame(url: str) -> None:
+    """Let this page embed ``url``'s origin in an iframe (front-channel logout); CSP frame-src is 'none' otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        g.setdefault("frame_src", set()).add(f"{parts.scheme}://{parts.netloc}")
+
+
 def security_headers(response):
     """Strict CSP with nonces, no framing, no sniffing; HSTS on https; no-store on everything sensitive."""
     h = response.headers
     nonce = g.get("csp_nonce")
     script = f"'nonce-{nonce}'" if nonce else "'none'"
     form_action = " ".join(["'self'", *sorted(g.get("form_action", ()))])
+    frame_src = f"frame-src {' '.join(sorted(g.frame_src))}; " if g.get("frame_src") else ""
     h.setdefault(
         "Content-Security-Policy",
         "default-src 'none'; "
         f"script-src {script}; style-src 'self'; img-src 'self' https: data:; "
-        "connect-src 'self'; font-src 'self'; "
+        f"connect-src 'self'; font-src 'self'; {frame_src}"
         f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'",
     )
     h.setdefault("X-Content-Type-Options", "nosniff")
     h.setdefault("X-Frame-Options", "DENY")
-    h.setdefault("Referrer-Policy", "no-referrer")
+    # same-origin: our own POSTs carry a Referer (Flask-WTF checks it on https), other sites learn nothing.
+    h.setdefault("Referrer-Policy", "same-origin")
     if current_app.config["IDP_COOKIE_SECURE"]:
         h.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
     if "Cache-Control" not in h and response.mimetype == "text/html":

@@ -1,10 +1,5 @@
 """The provider's signing key ring: RFC 7517 JWK sets with staged rotation.
 
-Layout of ``IDP_KEYS_DIR``::
-
-    keyring.json   the keys and their state; no secrets (mode 0644)
-    <kid>.json     one private JWK (RFC 7517) per key (mode 0600)
-
 Each algorithm (RS256, ES256) has one ``current`` key (signs), one ``next``
 key (published, not signing yet) and any number of ``retired`` keys
 (published until ``publish_until``, then removed by ``retire``). ``rotate``
@@ -12,14 +7,28 @@ promotes next -> current -> retired, node-oidc-provider's recipe: relying
 parties that cache our JWKS already know a key before it signs, and can still
 verify what a key signed after it stops signing. Kids are RFC 7638 thumbprints.
 
-Several processes (gunicorn workers, the ``flask keys`` CLI) share the
-directory: writers hold an exclusive flock on it, readers a shared one, files
-are replaced atomically, and each process re-reads keyring.json when its stat
-changes (checked at most once per ``stat_interval`` seconds).
+``BaseKeyRing`` is that state machine, written once: the states and their
+rules, the published JWKS and its cache, and picking up other processes'
+changes. Subclasses only store it:
+
+- ``KeyRing`` (``IDP_KEYS_STORE=files``, the default): a directory,
+  ``IDP_KEYS_DIR``::
+
+      keyring.json   the keys and their state; no secrets (mode 0644)
+      <kid>.json     one private JWK (RFC 7517) per key (mode 0600)
+
+  Several processes (gunicorn workers, the ``flask keys`` CLI) share the
+  directory: writers hold an exclusive flock on it, readers a shared one, files
+  are replaced atomically, and each process re-reads keyring.json when its stat
+  changes (checked at most once per ``stat_interval`` seconds).
+
+- ``DatabaseKeyRing`` (``IDP_KEYS_STORE=database``, in ``app/keys_db.py``): a
+  table shared by every node, private keys encrypted with AES-256-GCM.
 """
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import logging
@@ -44,6 +53,7 @@ STATES = ("current", "next", "retired")
 RING_FILE = "keyring.json"
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _KID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # also makes "<kid>.json" a safe file name
+ENTRY_FIELDS = ("kid", "alg", "state", "created_at", "retired_at", "publish_until")
 
 
 class KeyRingError(RuntimeError):
@@ -63,119 +73,116 @@ def _check_alg(alg: str) -> str:
     return alg
 
 
-class KeyRing:
-    """The keys in one directory; safe to share between the threads of a process."""
+def validate_entries(entries: list[dict], source: str) -> None:
+    """Refuse bad kids, unknown algs or states, and two current (or next) keys of one alg."""
+    seen, slots = set(), set()
+    for e in entries:
+        kid, alg, state = e.get("kid"), e.get("alg"), e.get("state")
+        if not isinstance(kid, str) or not _KID.match(kid) or kid in seen:
+            raise KeyRingError(f"{source}: invalid or duplicate kid {kid!r}")
+        if alg not in ALGS or state not in STATES:
+            raise KeyRingError(f"{source}: key {kid} has alg {alg!r}, state {state!r}")
+        if state != "retired" and (alg, state) in slots:
+            raise KeyRingError(f"{source}: more than one {state} {alg} key")
+        seen.add(kid)
+        slots.add((alg, state))
 
-    def __init__(self, directory: str | os.PathLike, *, stat_interval: float = 1.0):
-        self.directory = os.fspath(directory)
-        self.stat_interval = stat_interval
+
+def import_private_jwk(entry: dict, jwk, source: str):
+    """The joserfc key of ``jwk`` if it is the private ``entry['alg']`` JWK with ``entry['kid']``."""
+    kty, crv = ALGS[entry["alg"]]
+    if not isinstance(jwk, dict) or "d" not in jwk or \
+            (jwk.get("kty"), jwk.get("crv"), jwk.get("kid"), jwk.get("alg")) != (kty, crv, entry["kid"], entry["alg"]):
+        raise KeyRingError(f"{source} is not a private {entry['alg']} JWK with that kid")
+    return import_key(jwk)
+
+
+class BaseKeyRing:
+    """Staged rotation over some storage; safe to share between the threads of a process.
+
+    A subclass stores the ring: ``_peek_version`` (cheap: has anything changed?),
+    ``_fetch`` (every entry and private JWK, and their version), ``_storing``
+    (exclusive read-modify-write: lock, transaction), ``_persist`` (write what
+    changed), and optionally ``_key_created`` / ``_removed``.
+    """
+
+    def __init__(self, *, refresh_interval: float, clock=time.monotonic):
+        self.refresh_interval = refresh_interval
+        self._clock = clock              # monotonic seconds; tests inject one
         self._lock = threading.RLock()
-        self._entries: list[dict] = []   # keyring.json "keys", in file order
+        self._entries: list[dict] = []   # ENTRY_FIELDS of each key, in storage order
         self._keys: dict = {}            # kid -> private joserfc key
-        self._sig = None                 # (inode, mtime_ns, size) of the keyring.json we loaded
-        self._next_stat = 0.0
+        self._version = None             # version marker of what we loaded
+        self._next_check = 0.0
         self._dirty = False
         self._published_cache = None     # (jwks bytes, KeySet, valid until epoch)
 
-    # -- files ----------------------------------------------------------------
+    # -- storage (subclasses) ---------------------------------------------------
 
-    def _path(self, name: str) -> str:
-        return os.path.join(self.directory, name)
+    def _where(self) -> str:
+        """Where the ring lives, for messages."""
+        raise NotImplementedError
+
+    def _peek_version(self):
+        """A cheap marker that changes whenever the stored ring changes (None: nothing stored)."""
+        raise NotImplementedError
+
+    def _fetch(self) -> tuple[list[dict], dict, object]:
+        """Every entry (validated), kid -> private joserfc key, and the version they belong to."""
+        raise NotImplementedError
 
     @contextmanager
-    def _flock(self, exclusive: bool):
-        # Lock the directory itself: keyring.json is replaced (new inode) on every write.
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+    def _reading(self):
+        """Held while ``_fetch`` runs outside a write (e.g. a shared lock)."""
+        yield
 
-    def _write(self, name: str, data: bytes, mode: int) -> None:
-        # The mode is set at creation, so private material is never readable by others,
-        # even for an instant. The temp name ends in .json so the .gitignore covers a leftover.
-        tmp = self._path(f".{secrets.token_hex(8)}.tmp.json")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path(name))
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dfd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)  # make the rename durable
-        finally:
-            os.close(dfd)
+    @contextmanager
+    def _storing(self):
+        """Exclusive access for a read-modify-write; ``_fetch`` and ``_persist`` run inside it."""
+        raise NotImplementedError
+
+    def _persist(self, before: list[dict]) -> None:
+        """Store ``self._entries`` (and the keys of new entries); ``before`` is what was loaded."""
+        raise NotImplementedError
+
+    def _key_created(self, key) -> None:
+        """A new private key exists (before any entry names it)."""
+
+    def _removed(self, kids: list[str]) -> None:
+        """Keys are gone from the stored ring (called after the write, outside the lock)."""
+
+    # -- the state machine ------------------------------------------------------
 
     def _load(self) -> None:
-        """Read keyring.json and every private key it lists (caller holds a flock)."""
-        try:
-            with open(self._path(RING_FILE), "rb") as f:
-                st = os.fstat(f.fileno())
-                entries = json.load(f)["keys"]
-        except FileNotFoundError:
-            entries, st = [], None
-        seen, slots = set(), set()
-        for e in entries:
-            kid, alg, state = e.get("kid"), e.get("alg"), e.get("state")
-            if not isinstance(kid, str) or not _KID.match(kid) or kid in seen:
-                raise KeyRingError(f"{RING_FILE}: invalid or duplicate kid {kid!r}")
-            if alg not in ALGS or state not in STATES:
-                raise KeyRingError(f"{RING_FILE}: key {kid} has alg {alg!r}, state {state!r}")
-            if state != "retired" and (alg, state) in slots:
-                raise KeyRingError(f"{RING_FILE}: more than one {state} {alg} key")
-            seen.add(kid)
-            slots.add((alg, state))
-        keys = {e["kid"]: self._read_key(e) for e in entries}
+        entries, keys, version = self._fetch()
         # Assign only once everything parsed: a failed load leaves the previous state intact.
-        self._entries, self._keys = entries, keys
-        self._sig = st and (st.st_ino, st.st_mtime_ns, st.st_size)
-        self._published_cache = None
-
-    def _read_key(self, e: dict):
-        with open(self._path(e["kid"] + ".json"), "rb") as f:
-            jwk = json.load(f)
-        kty, crv = ALGS[e["alg"]]
-        if (jwk.get("kty"), jwk.get("crv"), jwk.get("kid"), jwk.get("alg")) != (kty, crv, e["kid"], e["alg"]) \
-                or "d" not in jwk:
-            raise KeyRingError(f"{e['kid']}.json is not a private {e['alg']} JWK with that kid")
-        return import_key(jwk)
-
-    def _save(self) -> None:
-        body = json.dumps({"keys": self._entries}, indent=2) + "\n"
-        self._write(RING_FILE, body.encode(), 0o644)
-        st = os.stat(self._path(RING_FILE))
-        self._sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+        self._entries, self._keys, self._version = entries, keys, version
         self._published_cache = None
 
     @contextmanager
     def _writing(self):
-        """Read-modify-write under the exclusive lock, starting from what is on disk."""
+        """Read-modify-write under the storage's exclusive lock, starting from what is stored."""
         with self._lock:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            with self._flock(exclusive=True):
+            with self._storing():
                 self._load()
+                before, keys = copy.deepcopy(self._entries), dict(self._keys)
                 self._dirty = False
                 try:
                     yield
+                    # Skip unchanged writes: a read-only ring still starts, and other
+                    # processes are not made to reload for nothing.
+                    if self._dirty:
+                        self._persist(before)
                 except BaseException:
-                    self._load()  # drop half-done in-memory changes
+                    # Drop half-done in-memory changes: nothing was stored.
+                    self._entries, self._keys, self._version = before, keys, None
+                    self._published_cache = None
                     raise
-                # Skip unchanged writes: a read-only mounted ring still starts, and other
-                # processes are not made to reload for nothing.
-                if self._dirty:
-                    self._save()
+                self._published_cache = None
 
     def _add(self, alg: str, state: str, now: int) -> dict:
         key = _generate(alg)
-        # Private file first: keyring.json never names a key whose file is missing.
-        self._write(key.kid + ".json", json.dumps(key.as_dict(private=True)).encode(), 0o600)
+        self._key_created(key)
         entry = {"kid": key.kid, "alg": alg, "state": state, "created_at": now,
                  "retired_at": None, "publish_until": None}
         self._entries.append(entry)
@@ -186,10 +193,16 @@ class KeyRing:
     def _one(self, alg: str, state: str) -> dict | None:
         return next((e for e in self._entries if e["alg"] == alg and e["state"] == state), None)
 
+    def _snapshot(self) -> tuple[list[dict], dict]:
+        """A copy of the entries and the private keys (to copy a ring elsewhere)."""
+        self.reload_if_changed()
+        with self._lock:
+            return copy.deepcopy(self._entries), dict(self._keys)
+
     # -- public API -----------------------------------------------------------
 
     def ensure(self, now: int | None = None) -> None:
-        """Create the directory and, per algorithm, any missing current or next key. Idempotent."""
+        """Create, per algorithm, any missing current or next key. Idempotent."""
         now = int(time.time()) if now is None else now
         with self._writing():
             for alg in ALGS:
@@ -198,28 +211,23 @@ class KeyRing:
                         self._add(alg, state, now)
 
     def reload_if_changed(self) -> bool:
-        """Pick up changes made by other processes; stats keyring.json at most once per interval."""
-        t = time.monotonic()
-        if t < self._next_stat:
+        """Pick up changes made by other processes; checks the version at most once per interval."""
+        t = self._clock()
+        if t < self._next_check:
             return False
         with self._lock:
-            if t < self._next_stat:
+            if t < self._next_check:
                 return False
-            self._next_stat = t + self.stat_interval
+            self._next_check = t + self.refresh_interval
             try:
-                st = os.stat(self._path(RING_FILE))
-                sig = (st.st_ino, st.st_mtime_ns, st.st_size)
-            except FileNotFoundError:
-                sig = None
-            if sig == self._sig:
-                return False
-            try:
-                with self._flock(exclusive=False):
+                if self._peek_version() == self._version:
+                    return False
+                with self._reading():
                     self._load()
-            except Exception:  # noqa: BLE001 - a bad edit must not stop token issuance
+            except Exception:  # noqa: BLE001 - a bad edit or a lost connection must not stop token issuance
                 if not self._entries:
                     raise
-                log.exception("key ring %s unreadable; keeping the keys loaded before", self.directory)
+                log.exception("key ring in %s unreadable; keeping the keys loaded before", self._where())
                 return False
             return True
 
@@ -230,7 +238,7 @@ class KeyRing:
         with self._lock:
             e = self._one(alg, "current")
             if e is None:
-                raise KeyRingError(f"no current {alg} key in {self.directory} (KeyRing.ensure() creates one)")
+                raise KeyRingError(f"no current {alg} key in {self._where()} (KeyRing.ensure() creates one)")
             return self._keys[e["kid"]]
 
     def _published(self):
@@ -308,29 +316,143 @@ class KeyRing:
                 for k in gone:
                     self._keys.pop(k, None)
                 self._dirty = True
-        # keyring.json no longer names them, so no reader will look for these files.
-        for k in gone:
-            with suppress(FileNotFoundError):
-                os.unlink(self._path(k + ".json"))
+        if gone:
+            self._removed(gone)
         return gone
 
     def list(self) -> list[dict]:
-        """kid, alg, state, created_at and publish_until of every key, in file order."""
+        """kid, alg, state, created_at and publish_until of every key, in storage order."""
         self.reload_if_changed()
         with self._lock:
             return [{k: e.get(k) for k in ("kid", "alg", "state", "created_at", "publish_until")}
                     for e in self._entries]
 
 
-def init_app(app: Flask) -> KeyRing:
-    ring = KeyRing(app.config["IDP_KEYS_DIR"])
-    ring.ensure()
+class KeyRing(BaseKeyRing):
+    """The keys in one directory (``IDP_KEYS_STORE=files``)."""
+
+    def __init__(self, directory: str | os.PathLike, *, stat_interval: float = 1.0, clock=time.monotonic):
+        super().__init__(refresh_interval=stat_interval, clock=clock)
+        self.directory = os.fspath(directory)
+
+    @property
+    def stat_interval(self) -> float:
+        return self.refresh_interval
+
+    def _where(self) -> str:
+        return self.directory
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    @contextmanager
+    def _flock(self, exclusive: bool):
+        # Lock the directory itself: keyring.json is replaced (new inode) on every write.
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _write(self, name: str, data: bytes, mode: int) -> None:
+        # The mode is set at creation, so private material is never readable by others,
+        # even for an instant. The temp name ends in .json so the .gitignore covers a leftover.
+        tmp = self._path(f".{secrets.token_hex(8)}.tmp.json")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path(name))
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # make the rename durable
+        finally:
+            os.close(dfd)
+
+    @staticmethod
+    def _sig(st):
+        return st and (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _peek_version(self):
+        try:
+            return self._sig(os.stat(self._path(RING_FILE)))
+        except FileNotFoundError:
+            return None
+
+    @contextmanager
+    def _reading(self):
+        with self._flock(exclusive=False):
+            yield
+
+    @contextmanager
+    def _storing(self):
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        with self._flock(exclusive=True):
+            yield
+
+    def _fetch(self):
+        """Read keyring.json and every private key it lists (caller holds a flock)."""
+        try:
+            with open(self._path(RING_FILE), "rb") as f:
+                st = os.fstat(f.fileno())
+                entries = json.load(f)["keys"]
+        except FileNotFoundError:
+            entries, st = [], None
+        validate_entries(entries, RING_FILE)  # before a kid becomes a file name
+        keys = {}
+        for e in entries:
+            with open(self._path(e["kid"] + ".json"), "rb") as f:
+                keys[e["kid"]] = import_private_jwk(e, json.load(f), f"{e['kid']}.json")
+        return entries, keys, self._sig(st)
+
+    def _key_created(self, key) -> None:
+        # Private file first: keyring.json never names a key whose file is missing.
+        self._write(key.kid + ".json", json.dumps(key.as_dict(private=True)).encode(), 0o600)
+
+    def _persist(self, before: list[dict]) -> None:
+        body = json.dumps({"keys": self._entries}, indent=2) + "\n"
+        self._write(RING_FILE, body.encode(), 0o644)
+        self._version = self._sig(os.stat(self._path(RING_FILE)))
+
+    def _removed(self, kids: list[str]) -> None:
+        # keyring.json no longer names them, so no reader will look for these files.
+        for k in kids:
+            with suppress(FileNotFoundError):
+                os.unlink(self._path(k + ".json"))
+
+
+def init_app(app: Flask) -> BaseKeyRing:
+    """Open the ring ``IDP_KEYS_STORE`` names and create any missing keys."""
+    store = app.config.get("IDP_KEYS_STORE") or "files"
+    if store == "files":
+        ring = KeyRing(app.config["IDP_KEYS_DIR"])
+        ring.ensure()
+    elif store == "database":
+        from .keys_db import init_database_ring
+
+        ring = init_database_ring(app)
+    else:
+        from .config import ConfigError
+
+        raise ConfigError(f"IDP_KEYS_STORE must be 'files' or 'database', not {store!r}")
     app.extensions["idp_keys"] = ring
     return ring
 
 
-def keyring() -> KeyRing:
+def keyring() -> BaseKeyRing:
     return current_app.extensions["idp_keys"]
+
+
+def retire_after_seconds(cfg) -> int:
+    """How long a retired key stays published: every token it signed has expired, plus clock-skew margin."""
+    return max(int(cfg.get("IDP_ID_TOKEN_TTL", 3600)), int(cfg.get("IDP_ACCESS_TOKEN_TTL", 600))) + 300
 
 
 # -- flask keys … ---------------------------------------------------------------
@@ -360,9 +482,7 @@ def list_keys(as_json: bool) -> None:
 @click.option("--alg", type=click.Choice(list(ALGS)), help="Rotate only this algorithm (default: all).")
 def rotate_keys(alg: str | None) -> None:
     """Retire the current key, make the next key current, create a new next key."""
-    cfg = current_app.config
-    # A retired key stays published until every token it signed has expired, plus clock-skew margin.
-    retire_after = max(int(cfg.get("IDP_ID_TOKEN_TTL", 3600)), int(cfg.get("IDP_ACCESS_TOKEN_TTL", 600))) + 300
+    retire_after = retire_after_seconds(current_app.config)
     try:
         done = keyring().rotate(alg, retire_after=retire_after)
     except KeyRingError as exc:
@@ -381,3 +501,28 @@ def retire_keys(kid: str | None) -> None:
     except KeyRingError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo("\n".join(f"removed {k}" for k in gone) if gone else "nothing to remove")
+
+
+@keys_cli.command("import-files")
+@click.option("--from", "source", metavar="DIR", help="Key ring folder to copy (default: IDP_KEYS_DIR).")
+@click.option("--force", is_flag=True,
+              help="The database already holds keys: retire its current and next keys (published as after a "
+                   "rotation) and make the imported ones current and next.")
+def import_files(source: str | None, force: bool) -> None:
+    """Copy a key ring folder into the database (once, to move a deployment to IDP_KEYS_STORE=database)."""
+    from .keys_db import DatabaseKeyRing, database_ring
+
+    source = source or current_app.config["IDP_KEYS_DIR"]
+    if not os.path.isfile(os.path.join(source, RING_FILE)):
+        raise click.ClickException(f"no {RING_FILE} in {source}")
+    ring = keyring()
+    if not isinstance(ring, DatabaseKeyRing):
+        ring = database_ring(current_app)  # still on IDP_KEYS_STORE=files: the ring the nodes will switch to
+    try:
+        done = ring.import_ring(KeyRing(source), retire_after=retire_after_seconds(current_app.config), force=force)
+    except KeyRingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for e in done["imported"]:
+        click.echo(f"imported {e['kid']} ({e['alg']}, {e['state']})")
+    for kid in done["retired"]:
+        click.echo(f"retired {kid} (was in the database)")

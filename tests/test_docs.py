@@ -13,7 +13,7 @@ def test_every_setting_is_in_the_configuration_table():
 
 
 def test_every_cli_group_is_documented(app):
-    groups = {"clients", "users", "keys", "demo", "store"}
+    groups = {"clients", "users", "keys", "demo", "store", "consents", "outbox", "upstreams"}
     assert groups <= set(app.cli.commands)
     for group in groups:
         assert f"`{group} " in README

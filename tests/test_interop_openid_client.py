@@ -101,7 +101,7 @@ def sign_in_and_allow(browser, server: LiveServer, authorization_url: str, redir
         page.goto(authorization_url)
         page.get_by_label("Email").fill(email)
         page.get_by_label("Password").fill(password)
-        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("button", name="Sign in", exact=True).click()
         with page.expect_request(callback):
             page.get_by_role("button", name="Allow").click()
         page.wait_for_url(callback)

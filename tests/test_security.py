@@ -32,6 +32,8 @@ def test_https_issuer_gives_secure_cookies_hsts_and_strict_csp(make_app, custome
     csp = page.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
     assert page.headers["X-Frame-Options"] == "DENY" and page.headers["Cache-Control"] == "no-store"
+    # Browsers must send a Referer on our own form posts: Flask-WTF requires it on https.
+    assert page.headers["Referrer-Policy"] == "same-origin"
     resp = client.post("/login", base_url=HTTPS, data={
         "csrf_token": csrf_token(page.get_data(as_text=True)), "email": customer["email"],
         "password": customer["password"]}, headers={"Referer": HTTPS + "/login"})

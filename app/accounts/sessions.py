@@ -11,6 +11,7 @@ import time
 
 from flask import current_app, g, request
 
+from .. import observability
 from ..crypto import keyed_hash, random_token
 from ..extensions import db
 from .models import LoginSession, User
@@ -43,6 +44,7 @@ def by_sid(sid: str) -> LoginSession | None:
 
 def start(user: User, amr: list[str], acr: str | None) -> LoginSession:
     """Record a fresh authentication. Re-authentication of the same customer keeps the sid."""
+    observability.signed_in(amr)
     now = int(time.time())
     existing = current()
     if existing is not None and existing.user_id == user.id:
@@ -79,9 +81,20 @@ def end(row: LoginSession | None) -> None:
     if row is not None and row.ended_at is None:
         row.ended_at = int(time.time())
         db.session.commit()
+        _announce_end(row)
     if row is None or g.get("login_session") is row:
         g.login_session = None
         g.clear_session_cookie = True
+
+
+def _announce_end(row: LoginSession) -> None:
+    """After the commit: tell subscribers (back-channel logout) which apps took part in this session."""
+    from ..events import session_ended
+    from ..oauth2.models import Token
+
+    client_ids = list(db.session.execute(
+        db.select(Token.client_id).where(Token.sid == row.id).distinct()).scalars())
+    session_ended.send(None, user_id=row.user_id, sub=row.user.sub, sid=row.id, client_ids=client_ids)
 
 
 def apply_cookie(response):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 
+from .. import observability
 from ..audit import subject_hash
 from ..events import grant_ended
 from ..extensions import db
@@ -42,6 +43,7 @@ def grant(user, client, items: list[str], channel: str = "consent_page") -> Cons
         db.session.add(ConsentGrant(user_id=user.id, client_id=client.client_id, item=item, granted_at=now))
     event = _event(user, client, "granted", new, channel)
     db.session.commit()
+    observability.count_consent("granted", channel)
     return event
 
 
@@ -78,6 +80,7 @@ def withdraw(user, client_id: str | None = None, item: str | None = None,
                                                       Token.revoked_at.is_(None)).values(revoked_at=now))
             ended.append(cid)
     db.session.commit()
+    observability.count_consent("withdrawn", channel, len(events))
     if ended:
         grant_ended.send(None, user_id=user.id, sub=user.sub, client_ids=ended, channel=channel)
     return events

@@ -198,6 +198,8 @@ def decide(req: AuthRequest, interaction: dict | None):
         or ("login" in req.prompt and not fresh)
         or (req.max_age is not None and time.time() - session.auth_time > req.max_age and not fresh)
         or (sub_wanted is not None and user.sub != sub_wanted)
+        # Step-up: even a live (or just refreshed) session must sign in again the way the app asked.
+        or not acr_satisfied(session.acr, requested_acr(req.params, req.claims))
     )
     if must_login:
         if "none" in req.prompt:
@@ -220,11 +222,37 @@ def decide(req: AuthRequest, interaction: dict | None):
     return issue(req, session, items, interaction)
 
 
+# OpenID EAP ACR Values 1.0: "phrh" (phishing-resistant, hardware-protected) also meets "phr"; both meet "1".
+ACR_MEETS = {"1": {"1"}, "phr": {"1", "phr"}, "phrh": {"1", "phr", "phrh"}}
+
+
+def requested_acr(params: dict, claims: dict) -> list[list[str]]:
+    """The acr demands of a request, one list of acceptable values per source.
+
+    ``acr_values`` (Core §3.1.2.1) and the ``claims`` parameter's ``acr`` value(s)
+    (§5.5.1.1, essential or not) are both honoured as requirements for the values
+    this server knows; unknown values are voluntary and ignored.
+    """
+    groups = [(params.get("acr_values") or "").split(),
+              [v for v in oidc_claims.value_requests(claims or {}, "id_token", "acr") if isinstance(v, str)]]
+    return [known for known in ([v for v in g if v in ACR_MEETS] for g in groups) if known]
+
+
+def acr_satisfied(session_acr: str | None, groups: list[list[str]]) -> bool:
+    meets = ACR_MEETS.get(session_acr or "", set())
+    return all(any(v in meets for v in group) for group in groups)
+
+
 def _park(req: AuthRequest, interaction: dict | None, endpoint: str):
     if interaction is None:
         iid = interactions.start(req.params, req.client.client_id)
     else:
         iid = interaction["id"]
+    if endpoint == "accounts.login" and req.params.get("idp_hint"):
+        from ..federation import providers  # idp_hint=NAME skips the chooser (like Keycloak's kc_idp_hint)
+
+        if providers.get(req.params["idp_hint"]) is not None:
+            return redirect(url_for("federation.start", name=req.params["idp_hint"], interaction=iid), code=303)
     return redirect(url_for(endpoint, interaction=iid), code=303)
 
 

@@ -27,7 +27,7 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
     def get_audiences(self):
         # The token endpoint URL or the issuer, each as given (RFC 7523 §3; OIDC Core §9).
         issuer = current_app.config["IDP_ISSUER"]
-        return [issuer + "/token", issuer, issuer + "/introspect", issuer + "/revoke"]
+        return [issuer + "/token", issuer, issuer + "/introspect", issuer + "/revoke", issuer + "/device_authorization"]
 
     def verify_claims(self, claims):
         aud = claims.get("aud")

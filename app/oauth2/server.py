@@ -22,15 +22,15 @@ from authlib.oauth2.rfc6749.errors import (InvalidClientError, InvalidGrantError
 from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
-from flask import current_app, g, request
+from flask import current_app, request
 
 from ..accounts.models import User
 from ..consent import policy as consent_policy
 from ..extensions import db
-from . import codes, tokens
+from . import clients, codes, tokens
 from .client_auth import PrivateKeyJWT
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
-from .models import AUTH_METHODS, Client, Token, valid_client_id
+from .models import AUTH_METHODS, Token
 
 CONFIDENTIAL = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
@@ -75,14 +75,7 @@ class Server(AuthorizationServer):
         return OAuth2Request(request)
 
     def query_client(self, client_id):
-        if not valid_client_id(client_id):
-            return None
-        cache = g.setdefault("clients", {})
-        if client_id not in cache:
-            cache[client_id] = db.session.execute(
-                db.select(Client).filter_by(client_id=client_id)
-            ).scalar_one_or_none()
-        return cache[client_id]
+        return clients.lookup(client_id)
 
     def authenticate_client(self, req, methods, endpoint="token"):
         # RFC 6749 §2.3 / §5.2 (CA-03): a client MUST NOT use more than one authentication method per request;
@@ -175,11 +168,18 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
         row = tokens.by_refresh_token(refresh_token)
         if row is None:
             return None
-        if row.rotated_at is not None or row.revoked_at is not None:
-            # A rotated (or revoked) refresh token came back: it leaked. End the whole family.
-            tokens.revoke_family(row.family_id)
-            return None
         if row.refresh_expires_at is None or row.refresh_expires_at <= time.time():
+            return None
+        # Claim the token with one conditional UPDATE: of two requests presenting it, exactly one wins. A
+        # rotated (or revoked) refresh token that comes back has leaked: end the whole family. The claim is
+        # committed together with the new tokens (or rolled back with the request if it fails).
+        claimed = db.session.execute(
+            db.update(Token).where(Token.id == row.id, Token.rotated_at.is_(None), Token.revoked_at.is_(None))
+            .values(rotated_at=int(time.time()))
+        ).rowcount
+        if not claimed:
+            db.session.rollback()
+            tokens.revoke_family(row.family_id)
             return None
         return row
 
@@ -187,8 +187,7 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
         return db.session.get(User, refresh_token.user_id) if refresh_token.user_id else None
 
     def revoke_old_credential(self, refresh_token):
-        refresh_token.rotated_at = int(time.time())
-        db.session.commit()
+        pass  # claimed in authenticate_refresh_token, committed with the new tokens
 
     def token_context(self):
         row = self.request.refresh_token
@@ -262,6 +261,10 @@ def build_server(app) -> Server:
     server.register_grant(AuthorizationCodeGrant, [StrictCodeChallenge(required=True), OpenIDTokens()])
     server.register_grant(RefreshTokenGrant, [OpenIDTokens()])
     server.register_grant(ClientCredentialsGrant)
+    from ..device.endpoint import DeviceAuthorizationEndpoint  # RFC 8628 (imports this module: late)
+    from ..device.grant import DeviceCodeGrant
+    server.register_grant(DeviceCodeGrant, [OpenIDTokens()])
+    server.register_endpoint(DeviceAuthorizationEndpoint)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(IntrospectionEndpoint)
     return server

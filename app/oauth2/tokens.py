@@ -14,6 +14,7 @@ from flask import current_app
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from .. import observability
 from ..consent import policy
 from ..crypto import keyed_hash, random_token
 from ..extensions import db
@@ -64,6 +65,7 @@ def issue(*, client, user, scope: str, grant_type: str, family_id: str | None = 
         response["refresh_token"] = refresh
     db.session.add(row)
     db.session.commit()
+    observability.count_token(grant_type)
     return response
 
 

@@ -22,6 +22,7 @@ def build_metadata(app) -> dict:
         "end_session_endpoint": iss + "/logout",
         "revocation_endpoint": iss + "/revoke",
         "introspection_endpoint": iss + "/introspect",
+        "device_authorization_endpoint": iss + "/device_authorization",
         "scopes_supported": purposes.supported_scopes(),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
@@ -42,10 +43,12 @@ def build_metadata(app) -> dict:
         "display_values_supported": ["page", "popup", "touch"],
         "ui_locales_supported": list(app.config["IDP_LOCALES"]),
         "claims_locales_supported": list(app.config["IDP_LOCALES"]),
-        "acr_values_supported": list(app.config.get("IDP_ACR_VALUES", ("1",))),
+        "acr_values_supported": list(app.config.get("IDP_ACR_VALUES", ("1", "phr", "phrh"))),
         "authorization_response_iss_parameter_supported": True,
-        "backchannel_logout_supported": False,
-        "frontchannel_logout_supported": False,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
+        "frontchannel_logout_supported": True,
+        "frontchannel_logout_session_supported": True,
     }
 
 

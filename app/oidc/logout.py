@@ -1,4 +1,10 @@
-"""RP-Initiated Logout 1.0: end the session, then return to the app only to an exactly registered URI."""
+"""RP-Initiated Logout 1.0: end the session, then return to the app only to an exactly registered URI.
+
+Ending the session also triggers Back-Channel Logout (via the ``session_ended``
+signal) and Front-Channel Logout: the logged-out page, or an intermediate page
+before returning to the app, loads each participating app's
+``frontchannel_logout_uri`` in an iframe.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from ..errors import error_page
 from ..extensions import db
 from ..oauth2 import tokens
 from ..oauth2.models import Client, valid_client_id
+from .frontchannel import logout_iframes
 
 PENDING = "pending_logout"
 
@@ -49,25 +56,33 @@ def end_session():
         by_hint = None
     if by_hint is not None and (current is None or current.id == by_hint.id):
         # A valid ID token for this very session: the app's request is proof enough.
+        sids = [by_hint.id]
         sessions.end(by_hint)
         if current is not None:
+            sids.append(current.id)
             sessions.end(current)
-        return _finish(target)
+        return _finish(target, sids)
     if current is None:
-        return _finish(target)
+        return _finish(target, [])
     session[PENDING] = target
     return render_template("oidc/logout_confirm.html", user=current.user)
 
 
 def confirm():
     """POST from the confirmation page (CSRF-protected)."""
-    sessions.end(sessions.current())
-    return _finish(session.pop(PENDING, None))
+    current = sessions.current()
+    sids = [current.id] if current is not None else []
+    sessions.end(current)
+    return _finish(session.pop(PENDING, None), sids)
 
 
-def _finish(target: dict | None):
+def _finish(target: dict | None, sids: list[str]):
+    iframes = logout_iframes(sids)
+    next_uri = None
     if target:
         params = [("state", target["state"])] if target.get("state") else []
-        resp = redirect(add_params_to_uri(target["uri"], params) if params else target["uri"], code=302)
-        return resp
-    return render_template("oidc/logged_out.html")
+        next_uri = add_params_to_uri(target["uri"], params) if params else target["uri"]
+        if not iframes:
+            return redirect(next_uri, code=302)
+    # Front-Channel Logout §4: render the apps' logout URIs, then (if asked) continue to the app.
+    return render_template("oidc/logged_out.html", iframes=iframes, next_uri=next_uri)

@@ -9,7 +9,7 @@ from ..consent import policy
 from ..errors import json_error
 from ..extensions import db
 from ..oauth2 import tokens
-from ..oauth2.models import Client
+from ..oauth2 import clients
 from .claims import claims_for
 
 
@@ -58,7 +58,7 @@ def userinfo():
     if row.user_id is None or "openid" not in row.scope.split():
         return _bearer_error(403, "insufficient_scope", "The access token does not carry the openid scope")
     user = db.session.get(User, row.user_id)
-    client = db.session.execute(db.select(Client).filter_by(client_id=row.client_id)).scalar_one_or_none()
+    client = clients.lookup(row.client_id)
     if user is None or client is None:
         return _bearer_error(401, "invalid_token", "The access token is no longer valid")
     # What the customer allows now, not when the token was minted: a withdrawal applies at once.

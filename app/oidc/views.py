@@ -55,5 +55,6 @@ def logout_confirm():
 
 def init_app(app) -> None:
     app.register_blueprint(bp)
+    from . import backchannel; backchannel.init_app(app)  # noqa: E702 - logout tokens, outbox worker
     with app.app_context():
         discovery.build(app)

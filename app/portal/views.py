@@ -1,11 +1,11 @@
 """Account centre home."""
 
-from flask import g, render_template
-
 from . import bp, login_required
 
 
 @bp.get("")
 @login_required
 def index():
-    return render_template("portal/index.html", user=g.user)
+    from .profile import render_index  # the profile and email forms
+
+    return render_index()

@@ -9,6 +9,14 @@ Everything runs as separate processes with the same environment (``DATABASE_URL`
 exactly as an operator would: ``flask --app wsgi db upgrade`` first, then
 ``gunicorn -w 2 -b 127.0.0.1:PORT wsgi:app``. The issuer is http://localhost, so the
 server runs in development mode.
+
+Several nodes of one deployment (tests/test_two_nodes.py) share what an operator would share:
+
+    shared = dict(database_url=url, keys_dir=keys, secret_key=secret, issuer=f"http://localhost:{port_a}",
+                  env={"REDIS_URL": redis}, gunicorn_config="python:app.gunicorn_conf")
+    a = LiveServer(port=port_a, **shared).start()
+    b = LiveServer(migrate=False, **shared).start()   # the migration ran once, from one place
+    a.kill()                                          # SIGKILL, as a crashed machine
 """
 
 from __future__ import annotations
@@ -57,22 +65,38 @@ class LiveServer:
     """One running instance of the provider; a context manager that cleans up after itself."""
 
     def __init__(self, *, database_url: str | None = None, port: int | None = None, workers: int = 2,
-                 env: dict[str, str] | None = None, startup_timeout: float = 30.0):
+                 env: dict[str, str] | None = None, startup_timeout: float = 30.0,
+                 keys_dir: str | os.PathLike | None = None, secret_key: str | None = None,
+                 issuer: str | None = None, gunicorn_config: str | None = None, migrate: bool = True):
+        """Every keyword is optional; the defaults give one self-contained server.
+
+        ``keys_dir``, ``secret_key``, ``issuer`` and ``database_url`` let several servers form one deployment
+        (a shared ``keys_dir`` is left in place by ``stop``). ``url`` is always this node's own address;
+        ``issuer`` (default: ``url``) is the public issuer string, which nodes behind one load balancer share.
+        ``gunicorn_config`` (e.g. ``"python:app.gunicorn_conf"``) is passed as ``-c``; the test's ``-w``/``-b``
+        and log flags still win. ``migrate=False`` skips ``db upgrade`` (another node ran it).
+        """
         self.port = port or free_port()
         self.url = f"http://localhost:{self.port}"
+        self.issuer = (issuer or self.url).rstrip("/")
         self.workers = workers
         self.startup_timeout = startup_timeout
+        self.gunicorn_config = gunicorn_config
+        self.migrate = migrate
         self._tmp = Path(tempfile.mkdtemp(prefix="idp-live-"))
-        self.keys_dir = self._tmp / "keys"
-        self.keys_dir.mkdir()
+        if keys_dir is None:
+            self.keys_dir = self._tmp / "keys"
+            self.keys_dir.mkdir()
+        else:
+            self.keys_dir = Path(keys_dir)
         self.database_url = database_url or "sqlite:///" + str(self._tmp / "idp.sqlite3")
         self.log_path = self._tmp / "gunicorn.log"
         self.env = {
             **os.environ,
             "DATABASE_URL": self.database_url,
             "IDP_KEYS_DIR": str(self.keys_dir),
-            "IDP_ISSUER": self.url,
-            "SECRET_KEY": secrets.token_urlsafe(48),
+            "IDP_ISSUER": self.issuer,
+            "SECRET_KEY": secret_key or secrets.token_urlsafe(48),
             "FLASK_APP": "wsgi",
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
@@ -84,10 +108,12 @@ class LiveServer:
 
     def start(self) -> "LiveServer":
         try:
-            self._flask("db", "upgrade")
-            self._log = open(self.log_path, "wb")
+            if self.migrate:
+                self._flask("db", "upgrade")
+            self._log = open(self.log_path, "ab")
+            config = ["-c", self.gunicorn_config] if self.gunicorn_config else []
             self._proc = subprocess.Popen(
-                [str(VENV_BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}",
+                [str(VENV_BIN / "gunicorn"), *config, "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}",
                  "--access-logfile", "-", "--error-logfile", "-", *_gunicorn_extra_args(), "wsgi:app"],
                 cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -105,13 +131,34 @@ class LiveServer:
                 raise ServerError(f"gunicorn exited with {self._proc.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/.well-known/openid-configuration", timeout=2) as resp:
-                    if resp.status == 200 and json.load(resp).get("issuer") == self.url:
+                    if resp.status == 200 and json.load(resp).get("issuer") == self.issuer:
                         return
                     last = f"HTTP {resp.status}"
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 last = exc
             time.sleep(0.2)
         raise ServerError(f"server did not answer within {self.startup_timeout}s ({last}):\n{self.log_tail()}")
+
+    @property
+    def pid(self) -> int | None:
+        """The gunicorn master's pid (its workers share its process group)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the master and every worker at once (a crashed machine: no graceful shutdown, no cleanup).
+
+        The temporary folder and the log stay until ``stop``; ``start`` may be called again afterwards.
+        """
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -153,7 +200,10 @@ class LiveServer:
         """
         out = self._flask(*args).stdout
         if "--json" in args:
-            return json.loads(out.strip().splitlines()[-1])
+            try:
+                return json.loads(out.strip().splitlines()[-1])  # one JSON line (after any other output)
+            except ValueError:
+                return json.loads(out)  # a pretty-printed document (e.g. ``keys list --json``)
         return out
 
     def log_tail(self, lines: int = 60) -> str:

@@ -1,0 +1,56 @@
+"""The device code at the token endpoint (RFC 8628 §3.4-3.5) on Authlib's ``DeviceCodeGrant``.
+
+Polling answers ``authorization_pending``, ``slow_down`` (the interval grows by
+five seconds, persisted per device code), ``access_denied`` or
+``expired_token``; an approved device code is exchanged once, then
+``invalid_grant``. Tokens are minted like the code flow's: a JWT access token,
+a refresh token for ``offline_access`` when the app may refresh, and (through
+``OpenIDTokens``) an ID token with the approving session's auth_time, amr, acr
+and sid — never a nonce, which this flow does not have.
+"""
+
+from __future__ import annotations
+
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, UnsupportedGrantTypeError
+from authlib.oauth2.rfc6749.hooks import hooked
+from authlib.oauth2.rfc8628 import DeviceCodeGrant as _Base
+
+from ..accounts.models import User
+from ..consent import policy as consent_policy
+from ..extensions import db
+from ..oauth2.models import AUTH_METHODS
+from ..oauth2.server import IssueFromContext
+from . import state
+
+
+class DeviceCodeGrant(IssueFromContext, _Base):
+    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+
+    def validate_token_request(self):
+        client = self.authenticate_token_endpoint_client()
+        if not client.check_grant_type(self.GRANT_TYPE):
+            # From this app's point of view the server does not offer the grant (as before it existed).
+            raise UnsupportedGrantTypeError(self.GRANT_TYPE)
+        device_code = self.request.payload.data.get("device_code")
+        if not device_code:
+            raise InvalidRequestError("Missing device_code")
+        self.request.client = client
+        decision = state.poll(device_code, client.client_id)
+        user = db.session.get(User, decision["user_id"])
+        if user is None:
+            raise InvalidGrantError("The customer of this device code no longer exists.")
+        self.request.user = user
+        self.request.credential = decision
+
+    def token_context(self):
+        d = self.request.credential
+        return d["family_id"], {"auth_time": d["auth_time"], "acr": d["acr"], "amr": d["amr"], "sid": d["sid"]}
+
+    @hooked
+    def create_token_response(self):
+        client, user, scope = self.request.client, self.request.user, self.request.credential["scope"]
+        if len(consent_policy.still_granted(user, client, scope.split())) < len(scope.split()):
+            raise InvalidGrantError("The customer withdrew consent for this app.")
+        include_refresh = "offline_access" in scope.split() and client.check_grant_type("refresh_token")
+        token = self.generate_token(user=user, scope=scope, include_refresh_token=include_refresh)
+        return 200, token, self.TOKEN_RESPONSE_HEADER

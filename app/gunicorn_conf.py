@@ -1,0 +1,135 @@
+"""Production gunicorn configuration for the identity provider.
+
+    gunicorn -c python:app.gunicorn_conf wsgi:app
+
+Every value can be tuned from the environment (``GUNICORN_*`` below); command-line flags given after
+``-c`` still win (gunicorn applies them last). See docs/production.md for the deployment around it.
+
+What is set and why:
+
+* **workers** = 2 × CPU cores + 1 (gunicorn's rule of thumb), capped by ``GUNICORN_MAX_WORKERS``
+  (default 8) — each worker is a full copy of the app (≈ 130–150 MiB RSS, docs/performance.md) and holds
+  its own database pool, so "more" is not free. ``GUNICORN_WORKERS`` sets the number outright.
+* **worker_class** ``gthread`` with **threads** (``GUNICORN_THREADS``, default 2): requests spend much of
+  their time waiting on PostgreSQL, Redis and argon2 (which releases the GIL); two threads per worker keep a
+  core busy while one of them waits, and keep-alive connections do not pin a whole process.
+* **timeout** (``GUNICORN_TIMEOUT``, 30 s): a worker silent for that long is killed and replaced. The
+  slowest legitimate request is a password sign-in (argon2id, tens of ms) or a back-channel call bounded by
+  ``IDP_BACKCHANNEL_TIMEOUT``; 30 s only catches real hangs.
+* **graceful_timeout** (``GUNICORN_GRACEFUL_TIMEOUT``, 30 s): on SIGTERM (a rolling deploy) workers finish
+  in-flight requests for up to this long. Keep the load balancer's deregistration delay at least as long.
+* **keepalive** (``GUNICORN_KEEPALIVE``, 5 s): longer than gunicorn's default of 2 s and shorter than the
+  idle timeout of common load balancers (AWS ALB 60 s, nginx upstream keepalive_timeout 60 s), so the
+  proxy, not gunicorn, is the side that opens connections — no "connection reset" races.
+* **max_requests** / **max_requests_jitter** (``GUNICORN_MAX_REQUESTS`` 10000, jitter 1000): each worker
+  is recycled after about that many requests, staggered so that not all workers restart at once. Guards
+  against slow memory growth; 0 disables it.
+* **forwarded_allow_ips**: only from ``GUNICORN_FORWARDED_ALLOW_IPS`` (the proxies' addresses or CIDRs,
+  comma-separated). Unset means "nobody": gunicorn then ignores ``X-Forwarded-Proto`` and friends from
+  every peer (its own default would trust 127.0.0.1, or whatever the generic ``FORWARDED_ALLOW_IPS`` says).
+  The app's own ``IDP_TRUSTED_PROXIES`` decides separately how many ``X-Forwarded-For`` hops it believes;
+  neither changes the issuer, which is always ``IDP_ISSUER`` and never follows ``Host``.
+* **accesslog** to stdout (``GUNICORN_ACCESSLOG``; ``-`` = stdout, empty = off) in a format that logs the
+  request *path only*: no query string (``%(q)s``, or ``%(r)s``/``%(U)s%(q)s`` which contain it) — query
+  strings carry authorization codes, ``state``, device user codes, ``id_token_hint`` and, from misbehaving
+  clients, access tokens — and no ``Referer`` (``%(f)s``), which can carry a relying party's callback URL
+  with its code. No request headers either (``Authorization``, cookies). Fields: client address, time,
+  method, path, protocol, status, bytes, duration in ms, user agent.
+* **preload_app** ``False``: each worker imports the app itself after the fork. With preloading, the master
+  would open the key ring (reading ``IDP_KEYS_DIR``, or the database with ``IDP_KEYS_STORE=database``), the
+  SQLAlchemy engine (``_tune_sqlite``/the embedded store touch it) and the Redis pools before forking, and
+  the workers would inherit those sockets and the key ring's cached state — shared connections across
+  processes corrupt each other. (The outbox poller, ``IDP_OUTBOX_WORKER=thread``, would be fine either way:
+  app/outbox.py starts it lazily at the first request of each process and restarts it when the pid
+  changes, so it never runs in the master and exists exactly once per worker.) The cost is memory and a
+  slower start: ~1–2 s per worker. ``GUNICORN_PRELOAD=true`` turns preloading on (faster start, copy-on-write
+  memory); the ``post_fork`` hook below then drops the inherited database pool in each worker.
+* **control socket** off unless ``GUNICORN_CONTROL_SOCKET`` names a path: gunicorn ≥ 24 opens one at a
+  fixed path in ``$HOME``, which two servers on one host (and containers with a read-only home) trip over.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    return default if not raw else raw in {"1", "true", "yes", "on"}
+
+
+def default_workers(cores: int | None = None, cap: int | None = None) -> int:
+    """2 × cores + 1, at least 1, at most ``cap`` (GUNICORN_MAX_WORKERS, default 8)."""
+    cores = cores if cores is not None else multiprocessing.cpu_count()
+    cap = cap if cap is not None else _int("GUNICORN_MAX_WORKERS", 8)
+    return max(1, min(2 * cores + 1, cap))
+
+
+# -- where and how many ---------------------------------------------------------------------------------------------
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000").split(",")
+workers = _int("GUNICORN_WORKERS", 0) or default_workers()
+worker_class = "gthread"
+threads = _int("GUNICORN_THREADS", 2)
+
+# -- timeouts and recycling -----------------------------------------------------------------------------------------
+
+timeout = _int("GUNICORN_TIMEOUT", 30)
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+keepalive = _int("GUNICORN_KEEPALIVE", 5)
+max_requests = _int("GUNICORN_MAX_REQUESTS", 10000)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 1000)
+
+# Request size limits (gunicorn's defaults, spelled out): the app itself refuses bodies over 64 KiB.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+# -- proxies --------------------------------------------------------------------------------------------------------
+
+# Only the addresses the operator names; never gunicorn's implicit default (127.0.0.1) or a stray
+# FORWARDED_ALLOW_IPS. An empty string trusts nobody.
+forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "").strip()
+
+# -- logging --------------------------------------------------------------------------------------------------------
+
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
+errorlog = os.environ.get("GUNICORN_ERRORLOG", "-")
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# %(U)s is the path WITHOUT the query string. Never add %(q)s, %(r)s (the request line includes the query),
+# %(f)s (Referer) or %({…}i)s request headers: codes and tokens travel there.
+access_log_format = '%(h)s - - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
+
+# -- process model --------------------------------------------------------------------------------------------------
+
+preload_app = _bool("GUNICORN_PRELOAD", False)
+worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR") or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
+
+_control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip()
+if _control_socket:
+    control_socket = _control_socket
+else:
+    control_socket_disable = True  # unknown to older gunicorn versions, which ignore it
+
+
+def post_fork(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+    """With preload_app, forget the database connections the master opened (a socket is never shared).
+
+    Redis clients need nothing: redis-py notices the new pid and opens fresh connections; the key ring
+    re-reads its source on its own; the outbox poller starts per process (app/outbox.py).
+    """
+    if not preload_app:
+        return
+    flask_app = getattr(getattr(worker, "app", None), "callable", None)  # the app the master preloaded
+    if flask_app is None or not hasattr(flask_app, "app_context"):
+        return
+    from app.extensions import db
+
+    with flask_app.app_context():
+        db.engine.dispose(close=False)  # drop the inherited pool without closing the master's sockets

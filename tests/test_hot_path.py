@@ -1,0 +1,61 @@
+"""Token endpoint hot path: the per-process client cache and race-free refresh rotation."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tests.support.browser import Customer, callback_params, pkce_pair
+
+
+def _tokens(client, customer, rp):
+    verifier, challenge = pkce_pair()
+    who = Customer(client, customer["email"], customer["password"])
+    cb = callback_params(who.follow(who.authorize(
+        response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"],
+        scope="openid offline_access", code_challenge=challenge, code_challenge_method="S256")))
+    return client.post("/token", data={"grant_type": "authorization_code", "code": cb["code"],
+                                       "redirect_uri": rp["redirect_uri"], "code_verifier": verifier},
+                       auth=(rp["client_id"], rp["client_secret"])).get_json()
+
+
+def test_two_concurrent_refreshes_with_one_token_one_wins_and_the_family_ends(app, customer, rp):
+    tok = _tokens(app.test_client(), customer, rp)
+    results = []
+    start = threading.Barrier(2)
+
+    def refresh():
+        c = app.test_client()
+        start.wait()
+        r = c.post("/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                   auth=(rp["client_id"], rp["client_secret"]))
+        results.append((r.status_code, r.get_json()))
+
+    threads = [threading.Thread(target=refresh) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    statuses = sorted(s for s, _ in results)
+    assert statuses == [200, 400], results
+    winner = next(body for s, body in results if s == 200)
+    # The loser presented a token that had just been rotated: the whole family is revoked, the winner's too.
+    again = app.test_client().post("/token", data={"grant_type": "refresh_token",
+                                                   "refresh_token": winner["refresh_token"]},
+                                   auth=(rp["client_id"], rp["client_secret"]))
+    assert again.status_code == 400 and again.get_json()["error"] == "invalid_grant"
+
+
+def test_a_deleted_client_stops_working_within_the_cache_bound(make_app):
+    app = make_app(IDP_CLIENT_CACHE_TTL=1)
+    from app.cli import create_client
+
+    with app.app_context():
+        c, secret = create_client("Batch", [], grant_types=["client_credentials"], scope="email")
+        cid = c.client_id
+    client = app.test_client()
+    assert client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)).status_code == 200
+    assert app.test_cli_runner().invoke(args=["clients", "delete", cid]).exit_code == 0
+    time.sleep(1.2)
+    resp = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret))
+    assert resp.status_code == 401 and resp.get_json()["error"] == "invalid_client"

@@ -1,0 +1,276 @@
+"""Health checks, Prometheus metrics and structured logs (app/observability.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import observability
+from tests.support import services
+from tests.support.browser import Customer, csrf_token
+from tests.support.server import LiveServer, free_port
+
+TOKEN = "metrics-" + "x" * 24
+JWT = ("eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkFkYSJ9."
+       "c2lnbmF0dXJlLXZhbHVlLWdvZXMtaGVyZQ")
+
+
+def _samples(text: str) -> dict:
+    """{(sample name, frozenset(labels)): value} of a Prometheus text exposition."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def _value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def _scrape(client) -> dict:
+    resp = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    return _samples(resp.get_data(as_text=True))
+
+
+# -- health ------------------------------------------------------------------------------------------------------------
+
+def test_healthz_answers_without_cookies_or_caching(client):
+    resp = client.get("/healthz")
+    assert resp.status_code == 200 and resp.get_json() == {"status": "ok"}
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert "Set-Cookie" not in resp.headers
+
+
+def test_readyz_reports_each_check(client):
+    resp = client.get("/readyz")
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json() == {"status": "ok", "checks": {"database": "ok", "keys": "ok"}}
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert "Set-Cookie" not in resp.headers
+
+
+def test_readyz_checks_redis_when_configured(make_app):
+    app = make_app(REDIS_URL=services.redis_url())
+    resp = app.test_client().get("/readyz")
+    assert resp.status_code == 200
+    assert resp.get_json()["checks"] == {"database": "ok", "redis": "ok", "keys": "ok"}
+
+
+def test_readyz_is_503_when_the_database_is_unreachable(make_app):
+    make_app()  # the fixture cleans up through the first app: keep that one on the real database
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/idp"  # nothing listens there
+    app = make_app(SQLALCHEMY_DATABASE_URI=dead)
+    c = app.test_client()
+    resp = c.get("/readyz")
+    assert resp.status_code == 503
+    assert resp.get_json() == {"status": "unavailable", "checks": {"database": "failed", "keys": "ok"}}
+    assert "postgres" not in resp.get_data(as_text=True)  # no connection details leak
+    assert c.get("/healthz").status_code == 200  # alive all the same
+
+
+def test_readyz_is_503_when_redis_is_unreachable(make_app):
+    make_app()
+    app = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    resp = app.test_client().get("/readyz")
+    assert resp.status_code == 503
+    assert resp.get_json()["checks"] == {"database": "ok", "redis": "failed", "keys": "ok"}
+
+
+def test_readyz_is_503_when_the_signing_keys_are_gone(make_app, tmp_path):
+    keys = tmp_path / "keys"
+    app = make_app(IDP_KEYS_DIR=str(keys))
+    c = app.test_client()
+    assert c.get("/readyz").status_code == 200
+    (keys / "keyring.json").unlink()
+    deadline = time.monotonic() + 10  # the ring re-reads keyring.json at most once a second
+    while (resp := c.get("/readyz")).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert resp.status_code == 503
+    assert resp.get_json()["checks"] == {"database": "ok", "keys": "failed"}
+
+
+def test_health_endpoints_are_not_rate_limited(make_app):
+    app = make_app(RATELIMIT_ENABLED=True)
+    c = app.test_client()
+    assert all(c.get("/healthz").status_code == 200 for _ in range(30))
+    assert "X-RateLimit-Limit" not in c.get("/readyz").headers
+
+
+# -- metrics -----------------------------------------------------------------------------------------------------------
+
+def test_metrics_are_404_without_a_configured_token(client):
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/metrics", headers={"Authorization": "Bearer "}).status_code == 404
+    assert client.get("/metrics", headers={"Authorization": "Bearer anything"}).status_code == 404
+
+
+def test_metrics_need_the_right_bearer_token(make_app):
+    c = make_app(IDP_METRICS_TOKEN=TOKEN).test_client()
+    assert c.get("/metrics").status_code == 404
+    for header in (f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", f"Basic {TOKEN}", TOKEN, "Bearer"):
+        resp = c.get("/metrics", headers={"Authorization": header})
+        assert resp.status_code in (401, 404), header
+        assert b"idp_" not in resp.data
+    assert c.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_metrics_count_tokens_sign_ins_and_requests(make_app, rp, customer):
+    app = make_app(IDP_METRICS_TOKEN=TOKEN)
+    c = app.test_client()
+    before = _scrape(c)
+    resp = c.post("/token", data={"grant_type": "client_credentials"}, auth=(rp["client_id"], rp["client_secret"]))
+    assert resp.status_code == 200, resp.get_json()
+    page = c.get("/login")
+    assert Customer(c, customer["email"], "wrong password").submit_login(page).status_code == 401
+    after = _scrape(c)
+
+    name = "idp_tokens_issued_total"
+    assert _value(after, name, grant_type="client_credentials") == \
+        _value(before, name, grant_type="client_credentials") + 1
+    name = "idp_signins_total"
+    assert _value(after, name, method="password", result="failure") == \
+        _value(before, name, method="password", result="failure") + 1
+    token_requests = [v for (n, labels), v in after.items() if n == "idp_http_request_duration_seconds_count"
+                      and ("method", "POST") in labels and ("status", "2xx") in labels
+                      and any(k == "endpoint" and v.endswith("token") for k, v in labels)]
+    assert token_requests and token_requests[0] >= 1
+    assert _value(after, "idp_http_request_duration_seconds_count",
+                  endpoint="accounts.login", method="POST", status="4xx") >= 1
+
+
+def test_sign_in_success_is_counted_by_method(make_app, customer):
+    c = make_app(IDP_METRICS_TOKEN=TOKEN).test_client()
+    before = _value(_scrape(c), "idp_signins_total", method="password", result="success")
+    assert Customer(c, customer["email"], customer["password"]).submit_login(c.get("/login")).status_code in (302, 303)
+    assert _value(_scrape(c), "idp_signins_total", method="password", result="success") == before + 1
+
+
+def test_rate_limit_hits_are_counted(make_app):
+    c = make_app(IDP_METRICS_TOKEN=TOKEN, RATELIMIT_ENABLED=True, IDP_RATELIMIT_SIGNIN="1 per minute").test_client()
+    before = _value(_scrape(c), "idp_rate_limited_total", endpoint="accounts.login")
+    form = {"csrf_token": csrf_token(c.get("/login").get_data(as_text=True)), "email": "a@example.com", "password": "x"}
+    statuses = [c.post("/login", data=form).status_code for _ in range(3)]
+    assert 429 in statuses
+    assert _value(_scrape(c), "idp_rate_limited_total", endpoint="accounts.login") == before + statuses.count(429)
+
+
+# -- logs --------------------------------------------------------------------------------------------------------------
+
+def test_mask_hides_emails_jwts_and_long_tokens_but_keeps_identifiers():
+    sub = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    secret = "Xy3" + "a" * 40
+    sid = "Ab3_" + "c" * 28
+    text = observability.mask(f"user ada.lovelace@example.co.uk token {JWT} secret={secret} sub={sub} sid={sid}")
+    assert "a***@example.co.uk" in text and "ada.lovelace" not in text
+    assert JWT not in text and "eyJ" not in text and secret not in text
+    assert sub in text and f"sid={sid}" in text
+
+
+@pytest.fixture
+def json_log(make_app, caplog):
+    """An app with IDP_LOG_FORMAT=json; yields (app, buffer of what its log handlers write)."""
+    caplog.set_level(logging.INFO)
+    app = make_app(IDP_LOG_FORMAT="json")
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h.formatter, observability.JsonFormatter)]
+    assert handlers, "JSON mode configured no handler"
+    buf = io.StringIO()
+    old = [h.setStream(buf) for h in handlers]
+    try:
+        yield app, buf
+    finally:
+        for h, stream in zip(handlers, old):
+            h.setStream(stream)
+
+
+def _lines(buf: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+
+
+def test_json_log_lines_carry_the_request_id_and_mask_personal_data(json_log):
+    app, buf = json_log
+    c = app.test_client()
+    page = c.get("/login")
+    html = page.get_data(as_text=True)
+    resp = c.post("/login?next=/account", headers={"X-Request-ID": "req-4711.abc"},
+                  data={"csrf_token": csrf_token(html), "email": "ada@example.com", "password": "wrong"})
+    assert resp.status_code == 401 and resp.headers["X-Request-ID"] == "req-4711.abc"
+    with app.test_request_context("/somewhere?token=abc", headers={"X-Request-ID": "req-2"}):
+        logging.getLogger("app.example").warning("mail to %s with %s", "ada@example.com", JWT)
+    lines = _lines(buf)
+    assert lines, buf.getvalue()
+    failed = [e for e in lines if e["message"] == "sign-in failed method=pwd"]
+    assert failed and failed[0]["request_id"] == "req-4711.abc"
+    assert failed[0]["method"] == "POST" and failed[0]["path"] == "/login" and failed[0]["remote_addr"]
+    assert {"time", "level", "logger"} <= set(failed[0]) and failed[0]["level"] == "INFO"
+    mine = [e for e in lines if e["logger"] == "app.example"]
+    assert mine and mine[0]["message"] == "mail to a***@example.com with [jwt]"
+    assert mine[0]["request_id"] == "req-2" and mine[0]["path"] == "/somewhere"
+    assert "ada@example.com" not in buf.getvalue() and JWT not in buf.getvalue()
+
+
+def test_an_unsafe_request_id_is_replaced(json_log):
+    app, _ = json_log
+    c = app.test_client()
+    for bad in ("a" * 65, "bad id", "<script>", "-x"):
+        rid = c.get("/healthz", headers={"X-Request-ID": bad}).headers["X-Request-ID"]
+        assert rid != bad and re.fullmatch(r"[0-9a-f]{32}", rid)
+    first, second = (c.get("/healthz").headers["X-Request-ID"] for _ in range(2))
+    assert first != second
+
+
+def test_exceptions_are_masked_in_json_logs(json_log):
+    app, buf = json_log
+    with app.test_request_context("/"):
+        try:
+            raise ValueError("duplicate key (email)=(grace@example.org)")
+        except ValueError:
+            logging.getLogger("app.example").exception("insert failed")
+    entry = [e for e in _lines(buf) if e["logger"] == "app.example"][0]
+    assert "g***@example.org" in entry["exception"] and "grace@" not in entry["exception"]
+
+
+# -- the real server: several gunicorn workers -------------------------------------------------------------------------
+
+def test_gunicorn_workers_share_metrics_and_log_json():
+    with tempfile.TemporaryDirectory() as prom_dir, LiveServer(workers=2, env={
+            "IDP_METRICS_TOKEN": TOKEN, "PROMETHEUS_MULTIPROC_DIR": prom_dir, "IDP_LOG_FORMAT": "json"}) as server:
+        app = server.run_cli("clients", "create", "--name", "Batch", "--grant-type", "client_credentials", "--json")
+        for _ in range(6):  # fresh connections: the two workers share the work
+            r = requests.post(server.url + "/token", data={"grant_type": "client_credentials"},
+                              auth=(app["client_id"], app["client_secret"]), timeout=10)
+            assert r.status_code == 200, r.text
+        assert requests.get(server.url + "/healthz", timeout=10).json() == {"status": "ok"}
+        assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
+        assert requests.get(server.url + "/metrics", timeout=10).status_code == 404
+        for _ in range(4):  # whichever worker answers, it reports the sum of both
+            text = requests.get(server.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).text
+            assert _value(_samples(text), "idp_tokens_issued_total", grant_type="client_credentials") == 6
+        assert os.listdir(prom_dir)
+
+        s = requests.Session()
+        page = s.get(server.url + "/login", timeout=10)
+        r = s.post(server.url + "/login", headers={"X-Request-ID": "live-1"}, timeout=10,
+                   data={"csrf_token": csrf_token(page.text), "email": "nobody@example.com", "password": "wrong"})
+        assert r.status_code == 401 and r.headers["X-Request-ID"] == "live-1"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            log = server.log_tail(400)
+            if '"live-1"' in log:
+                break
+            time.sleep(0.2)
+        app_lines = [line for line in log.splitlines() if line.startswith(("INFO:app.", "WARNING:app.", "{"))]
+        entries = [json.loads(line) for line in app_lines]  # every application line is JSON
+        assert any(e.get("request_id") == "live-1" and e["message"] == "sign-in failed method=pwd" for e in entries)
+        assert "nobody@example.com" not in log
