@@ -501,3 +501,31 @@ def test_wrong_methods_get_a_page_or_json_never_a_500(client, customer):
     assert missing.status_code == 405
     gone = client.post("/account/passkeys/999999/rename", data={"csrf_token": _csrf(client), "name": "x"})
     assert gone.status_code == 404 and gone.mimetype == "text/html"
+
+
+def test_a_passkey_can_be_removed_when_a_linked_account_remains(app, client):
+    """The last-method rule counts every way in: password, passkeys and linked upstream accounts."""
+    from app.accounts.methods import sign_in_methods
+    from app.accounts.service import create_user
+    from app.extensions import db
+    from app.federation.models import FederatedIdentity
+    from app.passkeys.models import PasskeyCredential
+    from app.passkeys.service import delete
+
+    with app.app_context():
+        user = create_user("nopw@example.com", None)
+        key = PasskeyCredential(user_id=user.id, credential_id="cred-1", public_key=b"k", name="Phone")
+        db.session.add(key)
+        db.session.commit()
+        assert sign_in_methods(user) == 1
+        import pytest
+
+        from app.passkeys.ceremony import PasskeyError
+
+        with pytest.raises(PasskeyError):
+            delete(user, key)
+        db.session.add(FederatedIdentity(user_id=user.id, provider="google", subject="g-1"))
+        db.session.commit()
+        assert sign_in_methods(user) == 2
+        delete(user, key)
+        assert db.session.get(PasskeyCredential, key.id) is None

@@ -26,6 +26,7 @@ from .. import audit
 from ..accounts import service
 from ..accounts.models import User
 from ..accounts.service import N_
+from ..accounts.methods import sign_in_methods
 from ..extensions import db
 from . import mapping
 from .flow import Identity
@@ -124,17 +125,6 @@ def link(user: User, identity: Identity, *, how: str) -> FederatedIdentity:
         db.session.rollback()
         raise LinkError(N_("This account is already linked to another customer.")) from exc
     return row
-
-
-def sign_in_methods(user: User) -> int:
-    """Password + passkeys + linked identities."""
-    from ..passkeys.models import PasskeyCredential
-
-    passkeys = db.session.execute(
-        db.select(db.func.count()).select_from(PasskeyCredential).filter_by(user_id=user.id)).scalar_one()
-    identities = db.session.execute(
-        db.select(db.func.count()).select_from(FederatedIdentity).filter_by(user_id=user.id)).scalar_one()
-    return (1 if user.password_hash else 0) + passkeys + identities
 
 
 def unlink(user: User, identity_id: int) -> FederatedIdentity:

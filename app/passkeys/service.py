@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 
+from ..accounts.methods import sign_in_methods
 from .. import audit
 from ..accounts.models import User
 from ..extensions import db
@@ -91,9 +92,8 @@ def rename(row: PasskeyCredential, name: str) -> None:
 
 
 def delete(user: User, row: PasskeyCredential) -> None:
-    """Refuse to remove the last way into the account (no password and no other passkey)."""
-    others = [p for p in for_user(user) if p.id != row.id]
-    if not user.password_hash and not others:
+    """Refuse to remove the last way into the account (password, passkeys and linked accounts counted)."""
+    if sign_in_methods(user) <= 1:
         raise PasskeyError("last_sign_in_method", N_(
             "This is the only way to sign in to your account. Add another passkey or set a password first."))
     audit.record(user, "passkey_removed", commit=False, passkey=row.id)

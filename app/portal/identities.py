@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
+from ..accounts.methods import sign_in_methods
 from . import bp, login_required, recently_authenticated
 
 
@@ -25,7 +26,7 @@ def identities():
     linked_names = {row.provider for row in linked}
     available = [up for up in configured if up.name not in linked_names]
     return render_template("portal/identities.html", linked=linked, labels=labels, kinds=kinds, available=available,
-                           can_unlink=linking.sign_in_methods(g.user) > 1, has_password=bool(g.user.password_hash))
+                           can_unlink=sign_in_methods(g.user) > 1, has_password=bool(g.user.password_hash))
 
 
 @bp.post("/identities/link", endpoint="identities_link")
