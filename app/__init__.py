@@ -53,7 +53,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     from . import cli
     from .accounts.sessions import apply_cookie
     from .errors import register_error_handlers
-    from .http import csp_nonce, security_headers
+    from .http import SessionInterface, csp_nonce, security_headers
+    app.session_interface = SessionInterface()
 
     register_error_handlers(app)
     cli.init_app(app)

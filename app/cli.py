@@ -31,6 +31,14 @@ def _check_uri(uri: str, what: str) -> str:
     return uri
 
 
+def new_client_id() -> str:
+    """A random client id (128 bits) that never starts with "-", so it can follow any `flask clients` command."""
+    while True:
+        value = random_token(16)
+        if not value.startswith("-"):
+            return value
+
+
 def create_client(name: str, redirect_uris: list[str], *, public: bool = False, grant_types: list[str] | None = None,
                   scope: str = DEFAULT_SCOPE, auth_method: str | None = None, trusted: bool = False,
                   client_id: str | None = None, **meta) -> tuple[Client, str | None]:
@@ -61,7 +69,7 @@ def create_client(name: str, redirect_uris: list[str], *, public: bool = False, 
     for key, value in meta.items():
         if value:
             metadata[key] = value
-    client = Client(client_id=client_id or random_token(16), client_name=name, token_endpoint_auth_method=auth_method,
+    client = Client(client_id=client_id or new_client_id(), client_name=name, token_endpoint_auth_method=auth_method,
                     client_secret_hash=keyed_hash(secret, "client-secret") if secret else None, trusted=trusted,
                     meta=metadata)
     db.session.add(client)

@@ -6,6 +6,7 @@ import secrets
 from urllib.parse import urlsplit
 
 from flask import current_app, g, request
+from flask.sessions import SecureCookieSessionInterface
 
 
 def client_ip() -> str:
@@ -34,20 +35,48 @@ def allow_frame(url: str) -> None:
         g.setdefault("frame_src", set()).add(f"{parts.scheme}://{parts.netloc}")
 
 
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, with its serializer built once per secret instead of on every request.
+
+    Flask builds a new serializer for each request (a fifth of a client-credentials token's CPU time here);
+    serializers are stateless, so one per (secret key, fallbacks) serves every thread.
+    """
+
+    def __init__(self):
+        self._serializers: dict = {}
+
+    def get_signing_serializer(self, app):
+        key = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        found = self._serializers.get(key)
+        if found is None:
+            found = super().get_signing_serializer(app)
+            if found is not None:
+                self._serializers = {key: found}  # a new secret replaces the old entry
+        return found
+
+
+def _csp(script: str, form_action: str, frame_src: str) -> str:
+    return ("default-src 'none'; "
+            f"script-src {script}; style-src 'self'; img-src 'self' https: data:; "
+            f"connect-src 'self'; font-src 'self'; {frame_src}"
+            f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'")
+
+
+_DEFAULT_CSP = _csp("'none'", "'self'", "")  # a response without nonce, extra form targets or frames
+
+
 def security_headers(response):
     """Strict CSP with nonces, no framing, no sniffing; HSTS on https; no-store on everything sensitive."""
     h = response.headers
     nonce = g.get("csp_nonce")
-    script = f"'nonce-{nonce}'" if nonce else "'none'"
-    form_action = " ".join(["'self'", *sorted(g.get("form_action", ()))])
-    frame_src = f"frame-src {' '.join(sorted(g.frame_src))}; " if g.get("frame_src") else ""
-    h.setdefault(
-        "Content-Security-Policy",
-        "default-src 'none'; "
-        f"script-src {script}; style-src 'self'; img-src 'self' https: data:; "
-        f"connect-src 'self'; font-src 'self'; {frame_src}"
-        f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'",
-    )
+    if nonce is None and not g.get("form_action") and not g.get("frame_src"):
+        csp = _DEFAULT_CSP
+    else:
+        script = f"'nonce-{nonce}'" if nonce else "'none'"
+        form_action = " ".join(["'self'", *sorted(g.get("form_action", ()))])
+        frame_src = f"frame-src {' '.join(sorted(g.frame_src))}; " if g.get("frame_src") else ""
+        csp = _csp(script, form_action, frame_src)
+    h.setdefault("Content-Security-Policy", csp)
     h.setdefault("X-Content-Type-Options", "nosniff")
     h.setdefault("X-Frame-Options", "DENY")
     # same-origin: our own POSTs carry a Referer (Flask-WTF checks it on https), other sites learn nothing.

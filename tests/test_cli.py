@@ -79,3 +79,12 @@ def test_demo_is_refused_outside_development_mode(make_app):
     prod = make_app(IDP_ISSUER="https://id.example.com", SECRET_KEY="x" * 40)
     assert prod.test_cli_runner().invoke(args=["demo", "seed"]).exit_code != 0
     assert prod.test_client().get("/demo/start", base_url="https://id.example.com").status_code == 404
+
+
+def test_generated_client_ids_never_look_like_an_option():
+    """A client id follows `flask clients delete|show`; one starting with "-" would be read as an option."""
+    from app.cli import new_client_id
+
+    ids = [new_client_id() for _ in range(2000)]  # about 1 in 64 random ids starts with "-"
+    assert not any(i.startswith("-") for i in ids)
+    assert len(set(ids)) == 2000 and all(len(i) == 22 for i in ids)

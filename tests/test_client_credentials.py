@@ -48,3 +48,49 @@ def test_client_credentials_refusals(app, client, public_rp, rp):
     resp = client.post("/token", data={"grant_type": "client_credentials"}, auth=(wid, s))
     assert resp.status_code == 400 and resp.get_json()["error"] == "unauthorized_client"
     assert not_allowed
+
+
+def _count_tokens(app) -> int:
+    from app.extensions import db
+    from app.oauth2.models import Token
+
+    with app.app_context():
+        return db.session.execute(db.select(db.func.count()).select_from(Token)).scalar_one()
+
+
+def test_a_client_credentials_token_writes_no_row_and_its_revocation_reaches_every_check(app, client):
+    """No customer hangs on a machine token, so none is stored; revoking it still ends it everywhere."""
+    cid, secret = _m2m(app, scope="admin email")
+    before = _count_tokens(app)
+    body = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)).get_json()
+    assert _count_tokens(app) == before
+    token = body["access_token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert client.get("/admin/api/users?email=x@example.com", headers=bearer).status_code == 404
+    intro = client.post("/introspect", data={"token": token}, auth=(cid, secret)).get_json()
+    assert intro["active"] is True and intro["client_id"] == cid and intro["scope"] == "admin email"
+    assert intro["jti"] and intro["exp"] > intro["iat"]
+    # Another client may not revoke it (RFC 7009 §2.1): the token stays active.
+    other, other_secret = _m2m(app)
+    client.post("/revoke", data={"token": token}, auth=(other, other_secret))
+    assert client.post("/introspect", data={"token": token}, auth=(cid, secret)).get_json()["active"] is True
+    assert client.post("/revoke", data={"token": token}, auth=(cid, secret)).status_code == 200
+    assert client.post("/introspect", data={"token": token}, auth=(cid, secret)).get_json() == {"active": False}
+    refused = client.get("/admin/api/users?email=x@example.com", headers=bearer)
+    assert refused.status_code == 401 and 'error="invalid_token"' in refused.headers["WWW-Authenticate"]
+    # A fresh token of the same client is unaffected; revoking twice is still 200.
+    fresh = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)).get_json()
+    assert client.post("/introspect", data={"token": fresh["access_token"]}, auth=(cid, secret)).get_json()["active"]
+    assert client.post("/revoke", data={"token": token}, auth=(cid, secret)).status_code == 200
+
+
+def test_a_client_credentials_token_ends_with_its_client(make_app):
+    app = make_app(IDP_CLIENT_CACHE_TTL=0)
+    client = app.test_client()
+    cid, secret = _m2m(app)
+    rs, rs_secret = _m2m(app)  # a resource server that introspects
+    token = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)).get_json()
+    assert client.post("/introspect", data={"token": token["access_token"]}, auth=(rs, rs_secret)).get_json()["active"]
+    assert app.test_cli_runner().invoke(args=["clients", "delete", cid]).exit_code == 0
+    assert client.post("/introspect", data={"token": token["access_token"]},
+                       auth=(rs, rs_secret)).get_json() == {"active": False}

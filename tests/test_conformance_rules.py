@@ -361,6 +361,17 @@ def test_s08_code_reuse_is_invalid_grant_and_revokes_the_first_tokens(client, cu
     assert_json_error(ref, 400, "invalid_grant")
 
 
+def test_s08_code_replayed_after_its_lifetime_still_revokes_the_first_tokens(make_app, customer, rp):
+    short = make_app(IDP_CODE_TTL=1)
+    client = short.test_client()
+    cb = callback_params(browse(client, customer, rp, scope="openid offline_access"))
+    tok = exchange(client, rp, cb["code"]).get_json()
+    time.sleep(1.3)  # the code itself has expired; its first use keeps it long enough to catch the replay
+    assert_json_error(exchange(client, rp, cb["code"]), 400, "invalid_grant")
+    assert introspect(client, rp, tok["access_token"]).get_json() == {"active": False}
+    assert introspect(client, rp, tok["refresh_token"]).get_json() == {"active": False}
+
+
 def test_s08_code_is_bound_to_its_client(client, app, customer, rp):
     other = make_client(app, redirect_uris=("https://shop.example/cb",))
     cb = callback_params(browse(client, customer, rp))

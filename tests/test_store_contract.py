@@ -180,6 +180,11 @@ def test_expiry(store):
     store.put("consumed", {"v": 1}, ttl=1)
     store.consume("consumed")
     store.put("long", {"v": 1}, ttl=60)
+    store.put("kept", {"v": 1}, ttl=1)
+    assert store.consume("kept", keep=30) == ({"v": 1}, True)
+    store.put("kept-late", {"v": 1}, ttl=1)
+    assert store.consume("kept-late") == ({"v": 1}, True)
+    assert store.consume("kept-late", keep=30) == ({"v": 1}, False)  # only the first use extends
     assert store.add("added", {"v": 1}, ttl=1) is True
     assert [store.incr("counter", ttl=1) for _ in range(2)] == [1, 2]
     time.sleep(1.3)
@@ -187,6 +192,9 @@ def test_expiry(store):
     assert store.consume("put") == (None, False)
     assert store.consume("consumed") == (None, False)
     assert store.get("long") == {"v": 1}
+    # A value consumed with ``keep`` outlives its TTL, still consumed: a replay is still recognised.
+    assert store.consume("kept") == ({"v": 1}, False)
+    assert store.consume("kept-late") == (None, False)
     assert store.add("added", {"v": 2}, ttl=60) is True
     assert store.consume("added") == ({"v": 2}, True)
     assert store.incr("counter", ttl=60) == 1
@@ -222,7 +230,8 @@ def test_sql_purge_removes_only_expired_rows(request, backend):
     with engine.begin() as conn:
         conn.execute(sa.insert(table).values(key="old", value={"v": 1}, expires_at=time.time() - 10))
     try:
-        SqlStore(engine).put("live", {"v": 1}, ttl=60)
+        # No opportunistic purge on this write (it would take "old" first, at random); purge() must find it.
+        SqlStore(engine, purge_probability=0.0).put("live", {"v": 1}, ttl=60)
         assert SqlStore(engine).purge() == 1
         with engine.begin() as conn:
             assert conn.execute(sa.select(table.c.key)).scalars().all() == ["live"]

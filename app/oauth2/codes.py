@@ -1,8 +1,8 @@
 """Authorization codes (RFC 6749 §4.1.2), kept in the short-lived store.
 
-A code is consumed, not deleted: a second presentation finds the consumed
-record (or its longer-lived tombstone) and revokes every token issued from the
-first exchange (RFC 6749 §4.1.2, OAuth 2.0 Security BCP §4.5).
+A code is consumed, not deleted: its first use keeps the record for
+``TOMBSTONE_TTL``, so a second presentation, even after the code's own lifetime,
+finds it and revokes every token issued from the first exchange (RFC 6749 §4.1.2, OAuth 2.0 Security BCP §4.5).
 """
 
 from __future__ import annotations
@@ -70,11 +70,11 @@ def consume(code: str, client_id: str) -> AuthorizationCode | None:
     data = store().get(key)
     if data is not None and data["client_id"] != client_id:
         return None  # bound to another client; leave it for its owner
-    data, first = store().consume(key)
+    # First use keeps the used code for TOMBSTONE_TTL, so a replay after the code's own lifetime still
+    # finds the family to revoke; one round trip.
+    data, first = store().consume(key, keep=TOMBSTONE_TTL)
     if data is not None and first:
-        store().put("code-used:" + key, {"family_id": data["family_id"]}, TOMBSTONE_TTL)
         return AuthorizationCode(**data)
-    tomb = data or store().get("code-used:" + key)
-    if tomb is not None:
-        tokens.revoke_family(tomb["family_id"])
+    if data is not None:
+        tokens.revoke_family(data["family_id"])
     return None

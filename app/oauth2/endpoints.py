@@ -20,7 +20,7 @@ def _find(value: str, hint: str | None) -> tuple[Token | None, str | None]:
     for kind in order:
         if kind == "access_token":
             claims = tokens.decode_access_token(value)
-            row = db.session.get(Token, claims["jti"]) if claims else None
+            row = tokens.access_row(claims) if claims else None
         else:
             row = tokens.by_refresh_token(value)
         if row is not None:
@@ -40,9 +40,8 @@ class RevocationEndpoint(_Revocation):
         # an access token ends only itself.
         if token.kind == "refresh_token":
             tokens.revoke_family(token.family_id)
-        elif token.revoked_at is None:
-            token.revoked_at = int(time.time())
-            db.session.commit()
+        else:
+            tokens.revoke_access(token)
 
 
 class IntrospectionEndpoint(_Introspection):
@@ -60,7 +59,8 @@ class IntrospectionEndpoint(_Introspection):
         active = token.access_active(now) if token.kind == "access_token" else token.refresh_active(now)
         if not active:
             return {"active": False}
-        user = db.session.get(User, token.user_id) if token.user_id else None
+        user = getattr(token, "customer", None) if token.kind == "access_token" else (
+            db.session.get(User, token.user_id) if token.user_id else None)
         exp = token.access_expires_at if token.kind == "access_token" else token.refresh_expires_at
         body = {
             "active": True, "scope": token.scope, "client_id": token.client_id,

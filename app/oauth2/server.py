@@ -77,6 +77,21 @@ class Server(AuthorizationServer):
     def query_client(self, client_id):
         return clients.lookup(client_id)
 
+    def create_token_response(self, request=None):
+        # One transaction per token request: the new rows (and a refresh token's claim) commit together, once,
+        # after the ID token is built, so nothing the response needs is reloaded after a commit. An error
+        # response rolls back whatever the failed grant had written.
+        try:
+            response = super().create_token_response(request)
+        except BaseException:
+            db.session.rollback()
+            raise
+        if response.status_code == 200:
+            db.session.commit()
+        else:
+            db.session.rollback()
+        return response
+
     def authenticate_client(self, req, methods, endpoint="token"):
         # RFC 6749 §2.3 / §5.2 (CA-03): a client MUST NOT use more than one authentication method per request;
         # Authlib would accept whichever succeeds first.
@@ -93,7 +108,7 @@ class Server(AuthorizationServer):
         return super().authenticate_client(req, methods, endpoint)
 
     def save_token(self, token, req):
-        pass  # tokens.issue persists the row as it mints the token
+        pass  # tokens.issue adds the row as it mints the token; create_token_response commits
 
     def validate_requested_scope(self, scope):
         pass  # each grant checks scope against what was granted
@@ -165,23 +180,20 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token):
-        row = tokens.by_refresh_token(refresh_token)
-        if row is None:
+        # Claim the token with one conditional UPDATE … RETURNING: of two requests presenting it, exactly one
+        # wins, and the winner gets the row in the same round trip. The claim commits together with the new
+        # tokens (or rolls back with the request if it fails).
+        row = tokens.claim_refresh_token(refresh_token)
+        if row is not None:
+            return row
+        # Unknown, expired, or presented again: a rotated (or revoked) refresh token that comes back has
+        # leaked, so its whole family ends.
+        old = tokens.by_refresh_token(refresh_token)
+        if old is None or old.refresh_expires_at is None or old.refresh_expires_at <= time.time():
             return None
-        if row.refresh_expires_at is None or row.refresh_expires_at <= time.time():
-            return None
-        # Claim the token with one conditional UPDATE: of two requests presenting it, exactly one wins. A
-        # rotated (or revoked) refresh token that comes back has leaked: end the whole family. The claim is
-        # committed together with the new tokens (or rolled back with the request if it fails).
-        claimed = db.session.execute(
-            db.update(Token).where(Token.id == row.id, Token.rotated_at.is_(None), Token.revoked_at.is_(None))
-            .values(rotated_at=int(time.time()))
-        ).rowcount
-        if not claimed:
-            db.session.rollback()
-            tokens.revoke_family(row.family_id)
-            return None
-        return row
+        db.session.rollback()
+        tokens.revoke_family(old.family_id)
+        return None
 
     def authenticate_user(self, refresh_token):
         return db.session.get(User, refresh_token.user_id) if refresh_token.user_id else None

@@ -1,8 +1,15 @@
 """Issuing and checking tokens.
 
-Access tokens are JWTs per RFC 9068 (``typ: at+jwt``) whose ``jti`` names a
-row in ``tokens``, so they can be revoked; refresh tokens are opaque and stored
-as keyed hashes. ID tokens follow OpenID Connect Core §2 and §3.1.3.6.
+Access tokens are JWTs per RFC 9068 (``typ: at+jwt``). A customer's access
+token has a row in ``tokens`` named by its ``jti`` (consent withdrawal, sign-out
+and erasure revoke rows); refresh tokens are opaque and stored as keyed hashes.
+ID tokens follow OpenID Connect Core §2 and §3.1.3.6.
+
+A client-credentials access token has no row: nothing about a customer hangs on
+it, so the token endpoint answers without touching the database. Its ``jti``
+starts with ``STATELESS_JTI_PREFIX``; revoking it puts the ``jti`` on a deny-list
+in the short-lived store until the token would have expired, and it stops being
+active when its client is deleted (within the client cache's bound).
 """
 
 from __future__ import annotations
@@ -15,16 +22,24 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 
 from .. import observability
+from ..accounts.models import User
 from ..consent import policy
 from ..crypto import keyed_hash, random_token
 from ..extensions import db
 from ..keys import keyring
 from ..oidc.claims import claims_for
+from ..store import store
+from . import clients
 from .models import Token
 
 
 #: The claim that tells an app which brand purposes the customer granted it, and since when.
 PURPOSES_CLAIM = "consented_purposes"
+
+#: ``jti`` prefix of access tokens that have no row (client credentials). ``random_token`` never makes a ".".
+STATELESS_JTI_PREFIX = "cc."
+_DENY_KEY = "revoked-jti:"
+_TOKENS = Token.__table__  # Core statements on the hot path (the ORM's per-statement cost is the larger part)
 
 
 def issuer() -> str:
@@ -38,11 +53,15 @@ def sign(claims: dict, alg: str, typ: str = "JWT") -> str:
 
 def issue(*, client, user, scope: str, grant_type: str, family_id: str | None = None,
           include_refresh: bool = False, context: dict | None = None) -> dict:
-    """Create a token row and return the token response members (no id_token yet)."""
+    """Return the token response members (no id_token yet), with a row unless the token is stateless.
+
+    The row is added to the session, not committed: the token endpoint commits once per request.
+    """
     cfg = current_app.config
     ctx = context or {}
     now = int(time.time())
-    jti = random_token(18)
+    stateless = user is None and not include_refresh and grant_type == "client_credentials"
+    jti = (STATELESS_JTI_PREFIX if stateless else "") + random_token(18)
     ttl = cfg["IDP_ACCESS_TOKEN_TTL"]
     subject = user.sub if user is not None else client.client_id
     claims = {"iss": issuer(), "sub": subject, "aud": issuer(), "client_id": client.client_id,
@@ -51,20 +70,23 @@ def issue(*, client, user, scope: str, grant_type: str, family_id: str | None = 
         if ctx.get(name):
             claims[name] = ctx[name]
     access_token = sign(claims, cfg["IDP_ACCESS_TOKEN_ALG"], typ="at+jwt")
-    row = Token(
+    response = {"access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": scope}
+    if stateless:
+        observability.count_token(grant_type)
+        return response
+    row = dict(
         id=jti, family_id=family_id or random_token(18), client_id=client.client_id,
         user_id=user.id if user is not None else None, grant_type=grant_type, scope=scope,
         claims=ctx.get("claims") or None, sid=ctx.get("sid"), auth_time=ctx.get("auth_time"),
         amr=ctx.get("amr"), acr=ctx.get("acr"), issued_at=now, access_expires_at=now + ttl,
     )
-    response = {"access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": scope}
     if include_refresh:
         refresh = random_token(32)
-        row.refresh_hash = keyed_hash(refresh, "refresh")
-        row.refresh_expires_at = now + cfg["IDP_REFRESH_TOKEN_TTL"]
+        row["refresh_hash"] = keyed_hash(refresh, "refresh")
+        row["refresh_expires_at"] = now + cfg["IDP_REFRESH_TOKEN_TTL"]
         response["refresh_token"] = refresh
-    db.session.add(row)
-    db.session.commit()
+    # A Core INSERT in the request's transaction: the ORM's unit of work cost more than the statement itself.
+    db.session.execute(_TOKENS.insert().values(**row))
     observability.count_token(grant_type)
     return response
 
@@ -121,6 +143,20 @@ def by_refresh_token(value: str) -> Token | None:
     ).scalar_one_or_none()
 
 
+def claim_refresh_token(value: str) -> Token | None:
+    """Mark a live refresh token rotated and return its row, in one statement; None if it is not live."""
+    if not value or len(value) > 256:
+        return None
+    now = int(time.time())
+    t = _TOKENS.c
+    found = db.session.execute(
+        _TOKENS.update().where(t.refresh_hash == keyed_hash(value, "refresh"), t.rotated_at.is_(None),
+                               t.revoked_at.is_(None), t.refresh_expires_at > now)
+        .values(rotated_at=now).returning(*_TOKENS.c)
+    ).one_or_none()
+    return None if found is None else Token(**found._asdict())  # transient: read it, never add it
+
+
 def decode_access_token(value: str) -> dict | None:
     """Verified claims of one of our JWT access tokens, or None (bad signature, type, issuer or expired)."""
     token = _decode_own(value)
@@ -132,12 +168,51 @@ def decode_access_token(value: str) -> dict | None:
     return claims
 
 
+def access_row(claims: dict) -> Token | None:
+    """The row of a verified access token: stored, or (stateless) rebuilt from its claims; None if unknown.
+
+    ``row.customer`` is its customer (a ``User``), or None for a client's own token or a deleted customer.
+
+    A rebuilt row is transient: read it, never add it to a session. It is None once revoked or once its
+    client is gone.
+    """
+    jti = claims.get("jti")
+    if not isinstance(jti, str):
+        return None
+    if not jti.startswith(STATELESS_JTI_PREFIX):
+        # The customer comes in the same round trip (``row.customer``): every caller reads them next.
+        found = db.session.execute(
+            db.select(Token, User).outerjoin(User, User.id == Token.user_id).where(Token.id == jti)).first()
+        if found is None:
+            return None
+        row, row.customer = found
+        return row
+    client_id = claims.get("client_id")
+    if clients.lookup(client_id) is None or store().get(_DENY_KEY + jti) is not None:
+        return None
+    row = Token(id=jti, family_id=jti, client_id=client_id, user_id=None, grant_type="client_credentials",
+                scope=claims.get("scope") or "", issued_at=claims.get("iat"), access_expires_at=claims["exp"])
+    row.customer = None
+    return row
+
+
+def revoke_access(row: Token) -> None:
+    """End one access token (not its family)."""
+    now = int(time.time())
+    if row.id.startswith(STATELESS_JTI_PREFIX):
+        if row.access_expires_at > now:
+            store().put(_DENY_KEY + row.id, {"at": now}, ttl=row.access_expires_at - now + 1)
+    elif row.revoked_at is None:
+        row.revoked_at = now
+        db.session.commit()
+
+
 def active_access_token(value: str) -> tuple[dict, Token] | None:
     """Claims and row of a live (unexpired, unrevoked) access token."""
     claims = decode_access_token(value)
     if claims is None:
         return None
-    row = db.session.get(Token, claims.get("jti"))
+    row = access_row(claims)
     if row is None or not row.access_active():
         return None
     return claims, row

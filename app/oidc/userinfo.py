@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from flask import jsonify, request
 
-from ..accounts.models import User
 from ..consent import policy
 from ..errors import json_error
-from ..extensions import db
 from ..oauth2 import tokens
 from ..oauth2 import clients
 from .claims import claims_for
@@ -57,7 +55,7 @@ def userinfo():
     claims, row = found
     if row.user_id is None or "openid" not in row.scope.split():
         return _bearer_error(403, "insufficient_scope", "The access token does not carry the openid scope")
-    user = db.session.get(User, row.user_id)
+    user = row.customer
     client = clients.lookup(row.client_id)
     if user is None or client is None:
         return _bearer_error(401, "invalid_token", "The access token is no longer valid")

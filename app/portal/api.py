@@ -16,7 +16,6 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from ..accounts.models import User
 from ..bearer import BearerError, require
 from ..consent import policy, purposes, service
 from ..consent.models import ConsentEvent
@@ -109,7 +108,7 @@ def _customer(claims, row) -> None:
 
     ``account`` must still be granted to the token's app: a withdrawal applies at once, not at the next refresh.
     """
-    user = db.session.get(User, row.user_id)
+    user = row.customer
     client = db.session.execute(db.select(Client).filter_by(client_id=row.client_id)).scalar_one_or_none()
     if user is None or client is None:
         raise BearerError(401, "invalid_token", "The access token is no longer valid")

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import json
 
-# KEYS: value, marker. Returns {} if missing, else {value, 1 if this call set the marker}.
+# KEYS: value, marker; ARGV: keep (seconds, 0 = no change). Returns {} if missing, else
+# {value, 1 if this call set the marker}. On first use with keep > 0 both keys live ``keep`` seconds from now.
 _CONSUME = """
 local value = redis.call('GET', KEYS[1])
 if not value then return {} end
+local keep = tonumber(ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
+if keep > 0 then ttl = keep * 1000 end
 local first
 if ttl > 0 then
   first = redis.call('SET', KEYS[2], '1', 'PX', ttl, 'NX')
 else
   first = redis.call('SET', KEYS[2], '1', 'NX')
 end
-if first then return {value, 1} end
+if first then
+  if keep > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  return {value, 1}
+end
 return {value, 0}
 """
 
@@ -67,8 +73,8 @@ class RedisStore:
         raw = self.client.get(self._keys(key)[0])
         return None if raw is None else json.loads(raw)
 
-    def consume(self, key: str) -> tuple[dict | None, bool]:
-        result = self._consume(keys=list(self._keys(key)))
+    def consume(self, key: str, keep: int | None = None) -> tuple[dict | None, bool]:
+        result = self._consume(keys=list(self._keys(key)), args=[int(keep or 0)])
         if not result:
             return None, False
         return json.loads(result[0]), result[1] == 1

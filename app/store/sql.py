@@ -70,8 +70,9 @@ class SqlStore:
         with self.engine.begin() as conn:
             return conn.execute(sa.select(t.c.value).where(t.c.key == key, t.c.expires_at > time.time())).scalar()
 
-    def consume(self, key: str) -> tuple[dict | None, bool]:
+    def consume(self, key: str, keep: int | None = None) -> tuple[dict | None, bool]:
         t, now = self._table, time.time()
+        values = {"consumed_at": now, **({"expires_at": now + keep} if keep else {})}
         with self.engine.begin() as conn:
             # The conditional UPDATE is the decision: PostgreSQL re-checks the WHERE
             # after waiting on a concurrent writer's row lock, SQLite serialises writers,
@@ -79,7 +80,7 @@ class SqlStore:
             marked = conn.execute(
                 sa.update(t)
                 .where(t.c.key == key, t.c.consumed_at.is_(None), t.c.expires_at > now)
-                .values(consumed_at=now)
+                .values(**values)
             ).rowcount
             value = conn.execute(sa.select(t.c.value).where(t.c.key == key, t.c.expires_at > now)).scalar()
         return value, marked == 1 and value is not None
