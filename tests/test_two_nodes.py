@@ -430,6 +430,17 @@ def test_refresh_on_one_node_revoke_on_the_other_introspect_says_inactive(nodes)
     assert userinfo.status_code == 401
 
 
+def test_a_machine_token_revoked_on_one_node_is_inactive_on_the_other(nodes):
+    """Client-credentials tokens have no row: their revocation is the deny-list in the shared Redis."""
+    token = _client_credentials(nodes, nodes.a)
+    assert introspect(nodes, nodes.b, token)["active"] is True
+    resp = requests.post(nodes.b.url + "/revoke", auth=web_auth(nodes), data={"token": token}, timeout=HTTP_TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    assert introspect(nodes, nodes.a, token)["active"] is False
+    assert introspect(nodes, nodes.b, token)["active"] is False
+    assert introspect(nodes, nodes.a, _client_credentials(nodes, nodes.a))["active"] is True
+
+
 def test_rate_limit_counters_are_shared_by_the_nodes(nodes):
     # IDP_RATELIMIT_REGISTER is "3 per hour" for this deployment: two attempts on A and one on B use it up,
     # so the next one is refused on B, which alone has seen only one.
