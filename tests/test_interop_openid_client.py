@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.support.server import LiveServer, free_port
-from tests.support.services import IN_CI
+from tests.support.services import missing
 
 ROOT = Path(__file__).resolve().parent.parent
 INTEROP = ROOT / "tests" / "interop"
@@ -35,24 +35,18 @@ SCOPE = "openid profile email offline_access"
 pytestmark = pytest.mark.timeout(240)
 
 
-def _missing(msg: str):
-    if IN_CI:
-        pytest.fail(msg + " — CI must provide it", pytrace=False)
-    pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
 def prerequisites():
     if shutil.which("node") is None:
-        _missing("node is not on PATH (needed to run the openid-client relying party)")
+        missing("node is not on PATH (needed to run the openid-client relying party)")
     if not (INTEROP / "node_modules" / "openid-client" / "package.json").is_file():
-        _missing("tests/interop/node_modules is missing: run `make interop-deps` (cd tests/interop && npm ci)")
+        missing("tests/interop/node_modules is missing: run `make interop-deps` (cd tests/interop && npm ci)")
     if not CHROMIUM.is_file():
-        _missing(f"{CHROMIUM} is missing (the scripted browser of the interop test)")
+        missing(f"{CHROMIUM} is missing (the scripted browser of the interop test)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as exc:
-        _missing(f"the playwright Python package is not installed ({exc})")
+        missing(f"the playwright Python package is not installed ({exc})")
 
 
 @pytest.fixture(scope="module")

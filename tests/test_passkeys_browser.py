@@ -22,7 +22,7 @@ from joserfc.jwk import KeySet
 
 from tests.support.browser import pkce_pair
 from tests.support.server import LiveServer
-from tests.support.services import IN_CI
+from tests.support.services import missing
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -31,20 +31,14 @@ REDIRECT_URI = "https://shop.example/cb"
 TIMEOUT = 15_000
 
 
-def _missing(msg: str):
-    if IN_CI:
-        pytest.fail(msg + " — CI must provide it", pytrace=False)
-    pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
 def server():
     if not os.path.exists(CHROMIUM):
-        _missing(f"{CHROMIUM} is not installed")
+        missing(f"{CHROMIUM} is not installed")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as exc:
-        _missing(f"Playwright is not installed ({exc})")
+        missing(f"Playwright is not installed ({exc})")
     with LiveServer() as live:
         yield live
 

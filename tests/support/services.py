@@ -1,7 +1,7 @@
-"""Real PostgreSQL and Redis for tests.
+"""Real PostgreSQL and Redis for tests, and the one rule for anything a test needs from the machine.
 
-Locally a missing server skips the tests that need it, with the reason; under
-CI=true a missing server is a failure, never a skip.
+Locally a missing server or tool skips the tests that need it, with the reason;
+under CI=true it is a failure, never a skip (``missing``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
-def _unavailable(what: str, why: Exception | str):
-    msg = f"{what} is not reachable ({why})"
+def missing(msg: str):
+    """A server or tool this test needs is absent: skip locally with ``msg``, fail under CI=true."""
     if IN_CI:
         pytest.fail(msg + " — CI must provide it", pytrace=False)
     pytest.skip(msg)
+
+
+def _unavailable(what: str, why: Exception | str):
+    missing(f"{what} is not reachable ({why})")
 
 
 def postgres_admin_url() -> str:
