@@ -28,7 +28,7 @@ def tv(app):
 
     with app.app_context():
         c, _ = create_client("Living Room TV", [], public=True, grant_types=[DEVICE, "refresh_token"],
-                             scope="openid profile email offline_access marketing",
+                             scope="openid profile email offline_access marketing share_purchase_history",
                              logo_uri="https://tv.example/logo.png")
         return {"client_id": c.client_id}
 
@@ -156,6 +156,20 @@ def _keys(app):
 
     with app.app_context():
         return keyring().verification_keys()
+
+
+def test_global_privacy_control_preunticks_sale_or_sharing_on_the_device_page_too(app, client, tv, customer):
+    data = start(client, tv, scope=SCOPE + " marketing share_purchase_history")
+    browser = Customer(app.test_client(), customer["email"], customer["password"])
+    browser.client.environ_base["HTTP_SEC_GPC"] = "1"
+    html = sign_in_to_confirmation(browser, data["user_code"]).get_data(as_text=True)
+    assert 'value="share_purchase_history">' in html  # unticked: sale or sharing, and the browser sent GPC
+    assert 'value="marketing" checked>' in html
+    assert "asks us not to sell or share" in html
+    plain = Customer(app.test_client(), customer["email"], customer["password"])
+    other = start(client, tv, scope=SCOPE + " share_purchase_history")
+    assert 'value="share_purchase_history" checked>' in sign_in_to_confirmation(plain, other["user_code"]).get_data(
+        as_text=True)
 
 
 def test_deny_gives_access_denied(app, client, tv, customer):

@@ -66,6 +66,21 @@ def get(pid: str) -> Purpose | None:
     return all_purposes().get(pid)
 
 
+def choices(asked: list[Purpose], gpc: bool) -> list[dict]:
+    """The purpose checkboxes of a consent screen (sign-in or device approval).
+
+    Required purposes are ticked and fixed; with Global Privacy Control (``gpc``) the
+    sale-or-sharing ones start unticked, every other optional one starts ticked.
+    """
+    return [{"id": p.id, "title": p.text("title"), "description": p.text("description"), "required": p.required,
+             "checked": p.required or not (gpc and p.sale_or_sharing)} for p in asked]
+
+
+def gpc_requested(headers) -> bool:
+    """The browser sends Global Privacy Control (``Sec-GPC: 1``)."""
+    return headers.get("Sec-GPC", "").strip() == "1"
+
+
 def supported_scopes() -> list[str]:
     """Scopes an app may request for a customer."""
     return [*SUPPORTED_SCOPES, *API_SCOPES, *all_purposes()]

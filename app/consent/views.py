@@ -63,10 +63,8 @@ def show():
             interactions.update(interaction, denied=True)
         return redirect(resume_url(interaction["id"]), code=303)
     form.interaction.data = interaction["id"]
-    gpc = request.headers.get("Sec-GPC", "").strip() == "1"
-    purpose_rows = [{"id": p.id, "title": p.text("title"), "description": p.text("description"),
-                     "required": p.required, "checked": p.required or not (gpc and p.sale_or_sharing)}
-                    for p in asked_purposes]
+    gpc = purposes.gpc_requested(request.headers)
+    purpose_rows = purposes.choices(asked_purposes, gpc)
     descriptions = [_describe(i) for i in items if purposes.get(i) is None]
     return render_template("consent/consent.html", form=form, client=client, user=session.user,
                            items=descriptions, purposes=purpose_rows, gpc=gpc)

@@ -166,11 +166,10 @@ def confirm():
         audit.record(user, "device_denied", client_id=client.client_id, channel="consent_page")
         log.info("device request denied user=%s client=%s", user.sub, client.client_id)
         return render_template("device/done.html", client=client, approved=False)
-    purpose_rows = [{"id": p.id, "title": p.text("title"), "description": p.text("description"),
-                     "required": p.required} for p in asked]
+    gpc = purposes.gpc_requested(request.headers)
     return render_template("device/confirm.html", client=client, user=current.user, code=code,
                            shown_code=user_codes.display(code), items=_describe_scopes(scopes),
-                           purposes=purpose_rows, ip=record.get("ip"), place=geo.place(record.get("ip")),
+                           purposes=purposes.choices(asked, gpc), gpc=gpc, ip=record.get("ip"), place=geo.place(record.get("ip")),
                            requested_at=record["created_at"])
 
 
