@@ -169,8 +169,8 @@ def confirm():
     gpc = purposes.gpc_requested(request.headers)
     return render_template("device/confirm.html", client=client, user=current.user, code=code,
                            shown_code=user_codes.display(code), items=_describe_scopes(scopes),
-                           purposes=purposes.choices(asked, gpc), gpc=gpc, ip=record.get("ip"), place=geo.place(record.get("ip")),
-                           requested_at=record["created_at"])
+                           purposes=purposes.choices(asked, gpc), gpc=gpc, ip=record.get("ip"),
+                           place=geo.place(record.get("ip")), requested_at=record["created_at"])
 
 
 def init_app(app) -> None:

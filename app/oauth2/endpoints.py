@@ -59,8 +59,10 @@ class IntrospectionEndpoint(_Introspection):
         active = token.access_active(now) if token.kind == "access_token" else token.refresh_active(now)
         if not active:
             return {"active": False}
-        user = getattr(token, "customer", None) if token.kind == "access_token" else (
-            db.session.get(User, token.user_id) if token.user_id else None)
+        if token.kind == "access_token":
+            user = token.customer  # loaded with the row (tokens.access_row)
+        else:
+            user = db.session.get(User, token.user_id) if token.user_id else None
         exp = token.access_expires_at if token.kind == "access_token" else token.refresh_expires_at
         body = {
             "active": True, "scope": token.scope, "client_id": token.client_id,

@@ -66,7 +66,7 @@ def issue(*, client, user, scope: str, grant_type: str, family_id: str | None = 
           include_refresh: bool = False, context: dict | None = None) -> dict:
     """Return the token response members (no id_token yet), with a row unless the token is stateless.
 
-    The row is added to the session, not committed: the token endpoint commits once per request.
+    The row is written in the request's transaction, not committed: the token endpoint commits once per request.
     """
     cfg = current_app.config
     ctx = context or {}
