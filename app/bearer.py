@@ -63,8 +63,9 @@ def authenticate(scope: str, *, subject: str = "user"):
     """(claims, Token row) of the request's live access token carrying ``scope``, or BearerError.
 
     ``subject`` is ``"user"`` (a customer's token) or ``"client"`` (a client-credentials token, no customer).
+    A customer's token comes with ``row.granted``, their consent to its app now (``tokens.access_row``).
     """
-    found = tokens.active_access_token(token_value())
+    found = tokens.active_access_token(token_value(), with_grants=subject == "user")
     if found is None:
         raise BearerError(401, "invalid_token", "The access token is invalid, expired or revoked")
     claims, row = found

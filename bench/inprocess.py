@@ -6,6 +6,16 @@ from gunicorn's and wrk's, so a change to app/ shows up here even on a noisy mac
 process CPU time per request (the minimum of three rounds) for: discovery, client-credentials token,
 authorization-code exchange (codes minted ahead in the store), refresh (rotation), introspection,
 userinfo, and the ceiling.
+
+`--only=NAME[,NAME…]` measures only those cases; `--rounds=K` sets the number of rounds (default 3);
+`--codes=M` mints M codes ahead (code exchange and refresh use N per round each).
+`--profile=NAME` (e.g. `--profile=code_exchange`) instead runs that one case N times under cProfile and
+prints the functions that cost the most CPU, by own time and by cumulative time.
+
+On a machine with noisy neighbours, count instructions instead of seconds: run the same case under
+`valgrind --tool=callgrind` with two values of N, one round and the same `--codes`, `PYTHONHASHSEED=0` and a key ring made
+beforehand in `BENCH_KEYS_DIR` (generating an RSA key takes a random number of instructions); the difference of the two totals divided
+by the difference of N is the instructions per request, repeatable to a fraction of a percent.
 """
 import base64, hashlib, io, os, secrets, sys, tempfile, time
 from pathlib import Path
@@ -14,7 +24,13 @@ from urllib.parse import urlencode
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+OPTS = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+N = int(ARGS[0]) if ARGS else 1000
+PROFILE = OPTS.get("profile")
+ONLY = OPTS["only"].split(",") if "only" in OPTS else None
+ROUNDS = int(OPTS.get("rounds", 3))
+CODES = int(OPTS.get("codes", (2 * ROUNDS + 1) * N + 50))  # fixed by --codes=M when comparing two values of N
 REDIRECT = "http://localhost:9/cb"
 db_name = f"idp_inproc_{os.getpid()}"
 admin = psycopg.connect(os.environ.get("BENCH_ADMIN_DB", "postgresql://postgres@127.0.0.1:5432/postgres"),
@@ -23,14 +39,13 @@ admin.execute(f'CREATE DATABASE "{db_name}"')
 tmp = tempfile.mkdtemp()
 os.environ.update(IDP_ISSUER="http://localhost:18080", SECRET_KEY=secrets.token_urlsafe(48),
                   DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}",
-                  REDIS_URL="redis://127.0.0.1:6379/14", IDP_KEYS_DIR=tmp + "/keys", IDP_RATELIMIT_ENABLED="false",
+                  REDIS_URL="redis://127.0.0.1:6379/14", IDP_KEYS_DIR=os.environ.get("BENCH_KEYS_DIR", tmp + "/keys"), IDP_RATELIMIT_ENABLED="false",
                   IDP_LOG_LEVEL="WARNING", IDP_OUTBOX_WORKER="off", IDP_CODE_TTL="600")
 try:
     sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
     from flask_migrate import upgrade
     from werkzeug.test import EnvironBuilder
 
-    import ceiling
     from app import create_app
 
     app = create_app()
@@ -50,7 +65,7 @@ try:
         code_values = [codes.issue(client_id=client.client_id, user_id=user.id, redirect_uri=REDIRECT,
                                    scope="openid profile email offline_access", nonce="n", code_challenge=challenge,
                                    auth_time=int(time.time()), acr="1", amr=["pwd"], sid="bench", claims=None)
-                       for _ in range(7 * N + 50)]
+                       for _ in range(CODES)]
         cid = client.client_id
     auth = {"Authorization": "Basic " + base64.b64encode(f"{cid}:{secret}".encode()).decode()}
 
@@ -91,11 +106,30 @@ try:
         "introspection": (caller(app, "POST", "/introspect", headers=auth),
                           lambda n: [urlencode({"token": access}).encode()] * n),
         "userinfo": (caller(app, "GET", "/userinfo", headers={"Authorization": "Bearer " + access}), None),
-        "ceiling": (caller(ceiling.app, "POST", "/", b"grant_type=client_credentials"), None),
     }
+    if not ONLY or "ceiling" in ONLY:  # imported only when measured: it generates a key (random instruction count)
+        import ceiling
+        cases["ceiling"] = (caller(ceiling.app, "POST", "/", b"grant_type=client_credentials"), None)
+    if PROFILE:
+        import cProfile, pstats
+        call, bodies = cases[PROFILE]
+        values = bodies(N) if bodies else None
+        for i in range(min(N, 50)):  # warm caches outside the profile
+            call(bodies(1)[0]) if bodies else call()
+        prof = cProfile.Profile(time.process_time)
+        prof.enable()
+        for i in range(N):
+            call(values[i]) if values else call()
+        prof.disable()
+        stats = pstats.Stats(prof)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(60)
+        cases = {}
     for name, (call, bodies) in cases.items():
+        if ONLY and name not in ONLY:
+            continue
         best = None
-        for _ in range(3):
+        for _ in range(ROUNDS):
             values = bodies(N) if bodies else None
             t = time.process_time()
             for i in range(N):

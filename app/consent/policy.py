@@ -8,10 +8,43 @@ for without a consent page, unless the request says ``prompt=consent``.
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+
+from ..accounts.models import User
 from ..extensions import db
 from .models import ConsentGrant
 
 IMPLICIT = {"openid"}
+
+
+def grants_of(user_id, client_id):
+    """A scalar subquery: the items ``user_id`` allows ``client_id``, space-separated (NULL when none).
+
+    Items never contain a space (scope names, ``claim:<name>``). It lets a query that loads a customer, or a
+    token with its customer, bring their consent in the same round trip (see ``split``).
+    """
+    return (sa.select(sa.func.aggregate_strings(ConsentGrant.item, " "))
+            .where(ConsentGrant.user_id == user_id, ConsentGrant.client_id == client_id)
+            .scalar_subquery())
+
+
+def split(items: str | None) -> set[str]:
+    """The value of a ``grants_of`` column as a set of items."""
+    return set(items.split()) if items else set()
+
+
+# The token endpoint reads a customer and their consent to the calling app on every code exchange, refresh
+# and device poll: one statement, built once.
+_CUSTOMER_WITH_GRANTS = sa.select(User, grants_of(User.id, sa.bindparam("b_client"))).where(
+    User.id == sa.bindparam("b_user"))
+
+
+def customer_with_grants(user_id: int | None, client) -> tuple[User | None, set[str]]:
+    """The customer and the items they allow ``client``, in one round trip; (None, set()) if they are gone."""
+    if user_id is None:
+        return None, set()
+    found = db.session.execute(_CUSTOMER_WITH_GRANTS, {"b_user": user_id, "b_client": client.client_id}).first()
+    return (None, set()) if found is None else (found[0], split(found[1]))
 
 
 def granted_items(user, client) -> list[str]:
@@ -52,9 +85,12 @@ def purposes_claim(user_id: int, client, scope: str) -> dict | None:
     return {item: {"granted_at": at} for item, at in rows}
 
 
-def still_granted(user, client, scopes: list[str]) -> list[str]:
-    """The subset of ``scopes`` the customer still allows (used at refresh)."""
+def still_granted(user, client, scopes: list[str], granted: set[str] | None = None) -> list[str]:
+    """The subset of ``scopes`` the customer still allows (used at refresh).
+
+    ``granted``: the items already read with the customer (``customer_with_grants``), else they are read here.
+    """
     if client.trusted:
         return list(scopes)
-    have = set(granted_items(user, client)) | IMPLICIT
+    have = (set(granted_items(user, client)) if granted is None else granted) | IMPLICIT
     return [s for s in scopes if s in have]

@@ -15,7 +15,6 @@ from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc8628 import DeviceCodeGrant as _Base
 
-from ..accounts.models import User
 from ..consent import policy as consent_policy
 from ..extensions import db
 from ..oauth2.models import AUTH_METHODS
@@ -36,7 +35,7 @@ class DeviceCodeGrant(IssueFromContext, _Base):
             raise InvalidRequestError("Missing device_code")
         self.request.client = client
         decision = state.poll(device_code, client.client_id)
-        user = db.session.get(User, decision["user_id"])
+        user, self.request.granted = consent_policy.customer_with_grants(decision["user_id"], client)
         if user is None:
             raise InvalidGrantError("The customer of this device code no longer exists.")
         self.request.user = user
@@ -49,7 +48,7 @@ class DeviceCodeGrant(IssueFromContext, _Base):
     @hooked
     def create_token_response(self):
         client, user, scope = self.request.client, self.request.user, self.request.credential["scope"]
-        if len(consent_policy.still_granted(user, client, scope.split())) < len(scope.split()):
+        if len(consent_policy.still_granted(user, client, scope.split(), self.request.granted)) < len(scope.split()):
             raise InvalidGrantError("The customer withdrew consent for this app.")
         include_refresh = "offline_access" in scope.split() and client.check_grant_type("refresh_token")
         token = self.generate_token(user=user, scope=scope, include_refresh_token=include_refresh)

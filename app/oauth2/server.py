@@ -24,7 +24,6 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
 from flask import current_app, request
 
-from ..accounts.models import User
 from ..consent import policy as consent_policy
 from ..extensions import db
 from . import clients, codes, tokens
@@ -151,7 +150,7 @@ class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
         pass  # consumed already; the tombstone lets a replay revoke the tokens
 
     def authenticate_user(self, authorization_code):
-        return db.session.get(User, authorization_code.user_id)
+        return consent_policy.customer_with_grants(authorization_code.user_id, self.request.client)[0]
 
     def token_context(self):
         code = self.request.authorization_code
@@ -165,11 +164,12 @@ class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
         code = self.request.authorization_code
         include_refresh = "offline_access" in code.scope.split() and self.request.client.check_grant_type(
             "refresh_token")
-        user = self.authenticate_user(code)
+        user, granted = consent_policy.customer_with_grants(code.user_id, self.request.client)
         if user is None:
             raise InvalidGrantError("The customer of this code no longer exists.")
         self.request.user = user
-        if len(consent_policy.still_granted(user, self.request.client, code.scope.split())) < len(code.scope.split()):
+        scopes = code.scope.split()
+        if len(consent_policy.still_granted(user, self.request.client, scopes, granted)) < len(scopes):
             raise InvalidGrantError("The customer withdrew consent for this app.")
         token = self.generate_token(user=user, scope=code.scope, include_refresh_token=include_refresh)
         return 200, token, self.TOKEN_RESPONSE_HEADER
@@ -196,7 +196,9 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
         return None
 
     def authenticate_user(self, refresh_token):
-        return db.session.get(User, refresh_token.user_id) if refresh_token.user_id else None
+        # The customer and their consent to this app in one round trip; issue_token reads the consent.
+        user, self.request.granted = consent_policy.customer_with_grants(refresh_token.user_id, self.request.client)
+        return user
 
     def revoke_old_credential(self, refresh_token):
         pass  # claimed in authenticate_refresh_token, committed with the new tokens
@@ -209,7 +211,7 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
     def issue_token(self, user, refresh_token):
         # The new scope is what was asked (a subset, checked by Authlib) and is still consented.
         scope = self.request.payload.scope or refresh_token.scope
-        granted = consent_policy.still_granted(user, self.request.client, scope.split())
+        granted = consent_policy.still_granted(user, self.request.client, scope.split(), self.request.granted)
         if "offline_access" not in granted:
             raise InvalidGrantError("The customer no longer allows this app to stay connected.")
         return self.generate_token(user=user, scope=" ".join(granted), include_refresh_token=True)

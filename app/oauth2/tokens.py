@@ -51,6 +51,9 @@ _CLAIM = (
     .values(rotated_at=sa.bindparam("b_now"))
     .returning(*_TOKENS.c)
 )
+# An access token's row with its customer and (for userinfo and the Account API) their consent to its app.
+_ACCESS_ROW = db.select(Token, User).outerjoin(User, User.id == Token.user_id).where(Token.id == sa.bindparam("b_jti"))
+_ACCESS_ROW_WITH_GRANTS = _ACCESS_ROW.add_columns(policy.grants_of(Token.user_id, Token.client_id))
 
 
 def issuer() -> str:
@@ -174,10 +177,12 @@ def decode_access_token(value: str) -> dict | None:
     return claims
 
 
-def access_row(claims: dict) -> Token | None:
+def access_row(claims: dict, with_grants: bool = False) -> Token | None:
     """The row of a verified access token: stored, or (stateless) rebuilt from its claims; None if unknown.
 
     ``row.customer`` is its customer (a ``User``), or None for a client's own token or a deleted customer.
+    With ``with_grants``, ``row.granted`` is the set of items the customer allows the token's app now, read in
+    the same round trip (else None: not read).
 
     A rebuilt row is transient: read it, never add it to a session. It is None once revoked or once its
     client is gone.
@@ -187,18 +192,18 @@ def access_row(claims: dict) -> Token | None:
         return None
     if not jti.startswith(STATELESS_JTI_PREFIX):
         # The customer comes in the same round trip (``row.customer``): every caller reads them next.
-        found = db.session.execute(
-            db.select(Token, User).outerjoin(User, User.id == Token.user_id).where(Token.id == jti)).first()
+        found = db.session.execute(_ACCESS_ROW_WITH_GRANTS if with_grants else _ACCESS_ROW, {"b_jti": jti}).first()
         if found is None:
             return None
-        row, row.customer = found
+        row, row.customer = found[0], found[1]
+        row.granted = policy.split(found[2]) if with_grants else None
         return row
     client_id = claims.get("client_id")
     if clients.lookup(client_id) is None or store().get(_DENY_KEY + jti) is not None:
         return None
     row = Token(id=jti, family_id=jti, client_id=client_id, user_id=None, grant_type="client_credentials",
                 scope=claims.get("scope") or "", issued_at=claims.get("iat"), access_expires_at=claims["exp"])
-    row.customer = None
+    row.customer, row.granted = None, set()
     return row
 
 
@@ -213,12 +218,12 @@ def revoke_access(row: Token) -> None:
         db.session.commit()
 
 
-def active_access_token(value: str) -> tuple[dict, Token] | None:
-    """Claims and row of a live (unexpired, unrevoked) access token."""
+def active_access_token(value: str, with_grants: bool = False) -> tuple[dict, Token] | None:
+    """Claims and row of a live (unexpired, unrevoked) access token (``with_grants``: see ``access_row``)."""
     claims = decode_access_token(value)
     if claims is None:
         return None
-    row = access_row(claims)
+    row = access_row(claims, with_grants)
     if row is None or not row.access_active():
         return None
     return claims, row

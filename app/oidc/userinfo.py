@@ -49,7 +49,7 @@ def userinfo():
         return _bearer_error(400, problem, "Send the access token once, in the Authorization header")
     if not token:
         return _bearer_error(401)
-    found = tokens.active_access_token(token)
+    found = tokens.active_access_token(token, with_grants=True)
     if found is None:
         return _bearer_error(401, "invalid_token", "The access token is invalid, expired or revoked")
     claims, row = found
@@ -60,7 +60,7 @@ def userinfo():
     if user is None or client is None:
         return _bearer_error(401, "invalid_token", "The access token is no longer valid")
     # What the customer allows now, not when the token was minted: a withdrawal applies at once.
-    scope = " ".join(policy.still_granted(user, client, row.scope.split()))
+    scope = " ".join(policy.still_granted(user, client, row.scope.split(), row.granted))
     body = {"sub": user.sub, **claims_for(user, scope, row.claims or {}, "userinfo")}
     purposes = policy.purposes_claim(user.id, client, scope)
     if purposes is not None:

@@ -112,7 +112,7 @@ def _customer(claims, row) -> None:
     client = db.session.execute(db.select(Client).filter_by(client_id=row.client_id)).scalar_one_or_none()
     if user is None or client is None:
         raise BearerError(401, "invalid_token", "The access token is no longer valid")
-    if ACCOUNT_SCOPE not in policy.still_granted(user, client, [ACCOUNT_SCOPE]):
+    if ACCOUNT_SCOPE not in policy.still_granted(user, client, [ACCOUNT_SCOPE], row.granted):
         raise BearerError(403, "insufficient_scope", "The customer no longer allows this app the account scope",
                           ACCOUNT_SCOPE)
     g.customer = user
