@@ -114,6 +114,19 @@ def test_consume_first_use_once_then_replay_still_sees_value(store):
     assert store.get("code:2") == NESTED
 
 
+def test_consume_where_marks_only_a_matching_value(store):
+    value = {"client_id": "shop", "n": 1}
+    store.put("code:w", value, ttl=60)
+    assert store.consume("code:w", where={"client_id": "other"}) == (value, False)
+    assert store.consume("code:w", where={"client_id": "other"}) == (value, False)  # still unused
+    assert store.consume("code:w", where={"client_id": "shop"}) == (value, True)
+    assert store.consume("code:w", where={"client_id": "shop"}) == (value, False)
+    assert store.consume("code:absent", where={"client_id": "shop"}) == (None, False)
+    store.put("code:m", value, ttl=60)
+    assert store.consume("code:m", where={"client_id": "shop", "missing": "x"}) == (value, False)
+    assert store.consume("code:m", where={"client_id": "shop"}) == (value, True)
+
+
 def test_consume_missing_key(store):
     assert store.consume("absent") == (None, False)
 

@@ -66,15 +66,13 @@ def consume(code: str, client_id: str) -> AuthorizationCode | None:
     """
     if not code or len(code) > 128:
         return None
-    key = _key(code)
-    data = store().get(key)
-    if data is not None and data["client_id"] != client_id:
-        return None  # bound to another client; leave it for its owner
-    # First use keeps the used code for TOMBSTONE_TTL, so a replay after the code's own lifetime still
-    # finds the family to revoke; one round trip.
-    data, first = store().consume(key, keep=TOMBSTONE_TTL)
-    if data is not None and first:
+    # One round trip. Only the code's own client uses it up: presented by another client it is left for its
+    # owner. First use keeps the used code for TOMBSTONE_TTL, so a replay after the code's own lifetime still
+    # finds the family to revoke.
+    data, first = store().consume(_key(code), keep=TOMBSTONE_TTL, where={"client_id": client_id})
+    if data is None or data["client_id"] != client_id:
+        return None
+    if first:
         return AuthorizationCode(**data)
-    if data is not None:
-        tokens.revoke_family(data["family_id"])
+    tokens.revoke_family(data["family_id"])
     return None

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import json
 
-# KEYS: value, marker; ARGV: keep (seconds, 0 = no change). Returns {} if missing, else
-# {value, 1 if this call set the marker}. On first use with keep > 0 both keys live ``keep`` seconds from now.
+# KEYS: value, marker; ARGV: keep (seconds, 0 = no change), then field, expected value pairs. Returns {} if
+# missing, else {value, 1 if this call set the marker}. A value whose fields differ is returned unmarked.
+# On first use with keep > 0 both keys live ``keep`` seconds from now.
 _CONSUME = """
 local value = redis.call('GET', KEYS[1])
 if not value then return {} end
+if #ARGV > 1 then
+  local fields = cjson.decode(value)
+  for i = 2, #ARGV, 2 do
+    if fields[ARGV[i]] ~= ARGV[i + 1] then return {value, 0} end
+  end
+end
 local keep = tonumber(ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if keep > 0 then ttl = keep * 1000 end
@@ -73,8 +80,12 @@ class RedisStore:
         raw = self.client.get(self._keys(key)[0])
         return None if raw is None else json.loads(raw)
 
-    def consume(self, key: str, keep: int | None = None) -> tuple[dict | None, bool]:
-        result = self._consume(keys=list(self._keys(key)), args=[int(keep or 0)])
+    def consume(self, key: str, keep: int | None = None,
+                where: dict[str, str] | None = None) -> tuple[dict | None, bool]:
+        args = [int(keep or 0)]
+        for field, expected in (where or {}).items():
+            args += [field, expected]
+        result = self._consume(keys=list(self._keys(key)), args=args)
         if not result:
             return None, False
         return json.loads(result[0]), result[1] == 1

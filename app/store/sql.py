@@ -70,10 +70,17 @@ class SqlStore:
         with self.engine.begin() as conn:
             return conn.execute(sa.select(t.c.value).where(t.c.key == key, t.c.expires_at > time.time())).scalar()
 
-    def consume(self, key: str, keep: int | None = None) -> tuple[dict | None, bool]:
+    def consume(self, key: str, keep: int | None = None,
+                where: dict[str, str] | None = None) -> tuple[dict | None, bool]:
         t, now = self._table, time.time()
         values = {"consumed_at": now, **({"expires_at": now + keep} if keep else {})}
         with self.engine.begin() as conn:
+            if where:
+                value = conn.execute(sa.select(t.c.value).where(t.c.key == key, t.c.expires_at > now)).scalar()
+                if value is None:
+                    return None, False
+                if any(value.get(f) != v for f, v in where.items()):
+                    return value, False
             # The conditional UPDATE is the decision: PostgreSQL re-checks the WHERE
             # after waiting on a concurrent writer's row lock, SQLite serialises writers,
             # so exactly one caller matches the row.
