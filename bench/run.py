@@ -7,7 +7,8 @@ What it does (bench/README.md explains the choices):
   2. creates a fresh PostgreSQL database, flushes one Redis database, applies the migrations, creates the
      signing keys in a temporary folder, one confidential client and one customer;
   3. starts gunicorn (wsgi:app), oidc-provider (node) and the ceiling (bench/ceiling.py, same gunicorn
-     settings), all on 127.0.0.1;
+     settings), all on 127.0.0.1; later the same app under granian (python -m app.serve), the other
+     production server;
   4. per endpoint: pre-mints single-use values (codes, refresh tokens, sign-in cookie+CSRF pairs), runs wrk
      for a bounded time and reads the CPU time of every server process from /proc before and after;
   5. a paced pass at 80 % of each peak (wrk's delay() hook), a two-node pass, and a py-spy profile of
@@ -434,6 +435,7 @@ def main() -> int:
     ap.add_argument("--worker-class", default="gthread")
     ap.add_argument("--port", type=int, default=18080)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--no-granian", action="store_true", help="skip the IdP served by granian")
     ap.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
     args = ap.parse_args()
     ensure_tools(not args.no_profile)
@@ -444,7 +446,7 @@ def main() -> int:
     admin.execute(f'CREATE DATABASE "{dbname}"')
     r = redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}")
     r.flushdb()
-    port, op_port, ceil_port, port2 = args.port, args.port + 10, args.port + 20, args.port + 1
+    port, op_port, ceil_port, port2, port_g = args.port, args.port + 10, args.port + 20, args.port + 1, args.port + 30
     env = dict(
         os.environ,
         IDP_ISSUER=f"http://localhost:{port}",
@@ -550,6 +552,20 @@ def main() -> int:
         specs[("idp", "password_sign_in")] = dict(method="POST", path="/login", body=body,
                                                   headers={"Cookie": "{1}"}, values=pairs)
         run("idp", "password_sign_in", port, **specs[("idp", "password_sign_in")])
+        if not args.no_granian:
+            # The same app, database, Redis and keys served by granian (python -m app.serve, the other production
+            # server) with the same number of workers and threads, while gunicorn idles.
+            log("starting granian (python -m app.serve) on the same database, Redis and keys")
+            g_proc = spawn([sys.executable, "-m", "app.serve"], logfile=work / "idp-granian.log", env=dict(
+                env, GRANIAN_HOST="127.0.0.1", GRANIAN_PORT=str(port_g), GRANIAN_WORKERS=str(args.workers),
+                GRANIAN_BLOCKING_THREADS=str(args.threads), GRANIAN_BACKLOG="512", GRANIAN_ACCESS_LOG="false",
+                GRANIAN_LOG_LEVEL="warning"))
+            wait_ready(f"http://127.0.0.1:{port_g}/.well-known/openid-configuration", g_proc, "granian (idp)")
+            meters["idp-granian"] = CpuMeter([g_proc.pid])
+            idp_g = IdP(port_g, g_proc, created["client_id"], created["client_secret"], email, password)
+            idp_g.mint_tokens(20)
+            endpoints(idp_g, "idp-granian")
+            stop(g_proc)
         endpoints(op, "oidc-provider")
         specs[("ceiling", "client_credentials")] = dict(method="POST", path="/", body="grant_type=client_credentials")
         run("ceiling", "client_credentials", ceil_port, **specs[("ceiling", "client_credentials")])
@@ -687,6 +703,7 @@ LABELS = {
 def report(res: dict) -> str:
     m, st, runs = res["machine"], res["settings"], res["runs"]
     idp, op, ceil = runs["idp"], runs.get("oidc-provider", {}), runs.get("ceiling", {})
+    gran = runs.get("idp-granian", {})
     L = []
     w = L.append
     w("# Performance\n")
@@ -716,6 +733,10 @@ def report(res: dict) -> str:
       "endpoints.")
     w("- Ceiling: bench/ceiling.py, a Flask app whose `POST /` signs one RS256 JWT with joserfc, same gunicorn "
       "settings.")
+    if gran:
+        w(f"- IdP on granian: the same app, database, Redis and keys served by `python -m app.serve` (granian, "
+          f"{st['workers']} workers × {st['threads']} blocking threads, access log off) while gunicorn idles. "
+          "The paced pass and the two-node pass use gunicorn; the first target is shown for both servers.")
     w(f"- Load: wrk, 1 thread, {st['connections']} keep-alive connections, {st['seconds']} s per endpoint, "
       "127.0.0.1 only. Single-use values (codes, refresh tokens) are minted beforehand over HTTP and each is "
       "sent once; sign-in rotates 64 pre-opened sign-in pages (cookie + their own CSRF token).")
@@ -726,7 +747,8 @@ def report(res: dict) -> str:
     w("| Endpoint | Server | req/s | p50 ms | p99 ms | CPU ms/req | DB+Redis CPU ms/req | peak RSS/worker MiB | errors | other jobs' cores busy |")
     w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for ep, label in LABELS.items():
-        for server, rows in (("IdP", idp), ("oidc-provider", op), ("ceiling (1 JWS)", ceil)):
+        for server, rows in (("IdP", idp), ("IdP on granian", gran), ("oidc-provider", op),
+                             ("ceiling (1 JWS)", ceil)):
             if ep in rows:
                 r = rows[ep]
                 errs = sum(r["errors"].values())
@@ -737,19 +759,34 @@ def report(res: dict) -> str:
     w("### IdP / oidc-provider\n")
     w("Throughput ratio (req/s, both using every core they can: gunicorn both cores, Node.js one) and "
       "efficiency ratio (requests per CPU-second, i.e. per core; >1 means the IdP is cheaper).\n")
-    w("| Endpoint | req/s ratio | per-core ratio |")
-    w("|---|---:|---:|")
+    w("| Endpoint | req/s ratio | per-core ratio | per-core ratio, IdP on granian |")
+    w("|---|---:|---:|---:|")
     for ep, label in LABELS.items():
         if ep in idp and ep in op:
             a, b = idp[ep], op[ep]
-            w(f"| {label} | {a['rps'] / b['rps']:.2f}× | {b['cpu_ms_per_req'] / a['cpu_ms_per_req']:.2f}× |")
+            g = f"{b['cpu_ms_per_req'] / gran[ep]['cpu_ms_per_req']:.2f}×" if ep in gran else "–"
+            w(f"| {label} | {a['rps'] / b['rps']:.2f}× | {b['cpu_ms_per_req'] / a['cpu_ms_per_req']:.2f}× | {g} |")
     w("")
+    if gran:
+        w("### gunicorn and granian\n")
+        w("The same app, database, Redis and keys, the same workers × threads; CPU per request of each server "
+          "(lower is better) and granian's saving.\n")
+        w("| Endpoint | gunicorn CPU ms/req | granian CPU ms/req | saving |")
+        w("|---|---:|---:|---:|")
+        for ep, label in LABELS.items():
+            if ep in idp and ep in gran:
+                a, g = idp[ep]["cpu_ms_per_req"], gran[ep]["cpu_ms_per_req"]
+                w(f"| {label} | {a:.2f} | {g:.2f} | {100 * (a - g) / a:.0f} % |")
+        w("")
     w("## Targets\n")
     cc = idp["client_credentials"]
     rows = []
     if "client_credentials" in op:
         v = op["client_credentials"]["cpu_ms_per_req"] / cc["cpu_ms_per_req"]
         rows.append(("Client-credentials token per CPU core ≥ 1.0× oidc-provider", f"{v:.2f}×", v >= 1.0))
+    if "client_credentials" in op and "client_credentials" in gran:
+        v = op["client_credentials"]["cpu_ms_per_req"] / gran["client_credentials"]["cpu_ms_per_req"]
+        rows.append(("… the same, IdP on granian", f"{v:.2f}×", v >= 1.0))
     if "client_credentials" in ceil:
         v = ceil["client_credentials"]["cpu_ms_per_req"] / cc["cpu_ms_per_req"]
         v2 = cc["rps"] / ceil["client_credentials"]["rps"]

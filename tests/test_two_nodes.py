@@ -18,6 +18,8 @@ What it proves:
 * device flow: the device polls A, the customer approves on B; the polling interval is shared too;
 * the key ring is shared two ways, each a run of the whole module: ``IDP_KEYS_STORE=database`` (encrypted
   under ``IDP_KEY_ENCRYPTION_KEY``; the nodes share no files) and one ``IDP_KEYS_DIR`` on a shared volume;
+  in the second run node B is served by granian (``python -m app.serve``), the other production server,
+  so every journey also crosses gunicorn and granian (its access log must keep query strings out too);
 * ``flask keys rotate`` run once is served by B (its JWKS publishes the new next key; B signs with the
   promoted key), and tokens signed before still verify;
 * SIGKILL of node A after it served the sign-in page: the journey completes on B, and every refresh
@@ -137,7 +139,9 @@ class Cluster:
         else:
             shared["keys_dir"] = keys_dir  # one folder on a shared volume
         self.a = LiveServer(port=port_a, **shared)
-        self.b = LiveServer(migrate=False, **shared)
+        # The shared-volume run serves node B with granian (python -m app.serve): both production servers side
+        # by side, as during a switch from one to the other; every journey below crosses them.
+        self.b = LiveServer(migrate=False, server="granian" if key_store == "files" else "gunicorn", **shared)
 
     def start(self) -> "Cluster":
         self.a.start()          # runs `flask db upgrade`, once, from one place
@@ -375,7 +379,8 @@ def test_authorize_across_nodes_and_redeem_the_code_on_the_other(nodes):
                             timeout=HTTP_TIMEOUT)
         assert info.status_code == 200 and info.json()["email"] == who["email"]
 
-    # The production access log (app/gunicorn_conf.py) has the paths, never a query string, code or token.
+    # The production access logs (app/gunicorn_conf.py, app/serve.py) have the paths, never a query string,
+    # code or token.
     for node in (nodes.a, nodes.b):
         log = node.log_path.read_text(errors="replace")
         assert '"GET /authorize HTTP/1.1" 303' in log or '"GET /authorize/resume HTTP/1.1"' in log

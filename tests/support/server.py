@@ -67,7 +67,8 @@ class LiveServer:
     def __init__(self, *, database_url: str | None = None, port: int | None = None, workers: int = 2,
                  env: dict[str, str] | None = None, startup_timeout: float = 30.0,
                  keys_dir: str | os.PathLike | None = None, secret_key: str | None = None,
-                 issuer: str | None = None, gunicorn_config: str | None = None, migrate: bool = True):
+                 issuer: str | None = None, gunicorn_config: str | None = None, migrate: bool = True,
+                 server: str = "gunicorn"):
         """Every keyword is optional; the defaults give one self-contained server.
 
         ``keys_dir``, ``secret_key``, ``issuer`` and ``database_url`` let several servers form one deployment
@@ -75,6 +76,7 @@ class LiveServer:
         ``issuer`` (default: ``url``) is the public issuer string, which nodes behind one load balancer share.
         ``gunicorn_config`` (e.g. ``"python:app.gunicorn_conf"``) is passed as ``-c``; the test's ``-w``/``-b``
         and log flags still win. ``migrate=False`` skips ``db upgrade`` (another node ran it).
+        ``server="granian"`` serves with ``python -m app.serve`` (its production defaults) instead of gunicorn.
         """
         self.port = port or free_port()
         self.url = f"http://localhost:{self.port}"
@@ -82,6 +84,7 @@ class LiveServer:
         self.workers = workers
         self.startup_timeout = startup_timeout
         self.gunicorn_config = gunicorn_config
+        self.server = server
         self.migrate = migrate
         self._tmp = Path(tempfile.mkdtemp(prefix="idp-live-"))
         if keys_dir is None:
@@ -111,12 +114,17 @@ class LiveServer:
             if self.migrate:
                 self._flask("db", "upgrade")
             self._log = open(self.log_path, "ab")
-            config = ["-c", self.gunicorn_config] if self.gunicorn_config else []
-            self._proc = subprocess.Popen(
-                [str(VENV_BIN / "gunicorn"), *config, "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}",
-                 "--access-logfile", "-", "--error-logfile", "-", *_gunicorn_extra_args(), "wsgi:app"],
-                cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+            env = self.env
+            if self.server == "granian":
+                cmd = [str(VENV_BIN / "python"), "-m", "app.serve"]
+                env = {**env, "GRANIAN_HOST": "127.0.0.1", "GRANIAN_PORT": str(self.port),
+                       "GRANIAN_WORKERS": str(self.workers)}
+            else:
+                config = ["-c", self.gunicorn_config] if self.gunicorn_config else []
+                cmd = [str(VENV_BIN / "gunicorn"), *config, "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}",
+                       "--access-logfile", "-", "--error-logfile", "-", *_gunicorn_extra_args(), "wsgi:app"]
+            self._proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -128,7 +136,7 @@ class LiveServer:
         last: object = None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise ServerError(f"gunicorn exited with {self._proc.returncode}:\n{self.log_tail()}")
+                raise ServerError(f"{self.server} exited with {self._proc.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/.well-known/openid-configuration", timeout=2) as resp:
                     if resp.status == 200 and json.load(resp).get("issuer") == self.issuer:
