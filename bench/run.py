@@ -25,6 +25,7 @@ import base64
 import collections
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -575,7 +576,9 @@ def main() -> int:
         results["paced"] = {}
         for ep, peak in list(results["runs"]["idp"].items()):
             target = 0.8 * peak["rps"]
-            conns = max(1, min(C, round(target / 20)))  # about 20 req/s per connection: enough samples
+            # About 20 req/s per connection (enough samples), and enough connections that each waits at most
+            # half of its period on its own response (one connection cannot pace a 50 ms sign-in at 28 req/s).
+            conns = max(1, min(C, max(round(target / 20), math.ceil(target * 2 * peak["cpu_ms_per_req"] / 1000))))
             period = conns * 1000 / target  # ms between two requests on one connection
             delay = max(1, int(round(period - peak["cpu_ms_per_req"])))
             spec = dict(specs[("idp", ep)])
