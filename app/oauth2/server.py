@@ -147,10 +147,13 @@ class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
         return codes.consume(code, client.client_id)
 
     def delete_authorization_code(self, authorization_code):
-        pass  # consumed already; the tombstone lets a replay revoke the tokens
+        pass  # consumed already; the kept record lets a replay revoke the tokens (codes.consume)
 
     def authenticate_user(self, authorization_code):
-        return consent_policy.customer_with_grants(authorization_code.user_id, self.request.client)[0]
+        # The customer and their consent to this app in one round trip; create_token_response reads the consent.
+        user, self.request.granted = consent_policy.customer_with_grants(authorization_code.user_id,
+                                                                         self.request.client)
+        return user
 
     def token_context(self):
         code = self.request.authorization_code
@@ -164,12 +167,12 @@ class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
         code = self.request.authorization_code
         include_refresh = "offline_access" in code.scope.split() and self.request.client.check_grant_type(
             "refresh_token")
-        user, granted = consent_policy.customer_with_grants(code.user_id, self.request.client)
+        user = self.authenticate_user(code)
         if user is None:
             raise InvalidGrantError("The customer of this code no longer exists.")
         self.request.user = user
         scopes = code.scope.split()
-        if len(consent_policy.still_granted(user, self.request.client, scopes, granted)) < len(scopes):
+        if len(consent_policy.still_granted(user, self.request.client, scopes, self.request.granted)) < len(scopes):
             raise InvalidGrantError("The customer withdrew consent for this app.")
         token = self.generate_token(user=user, scope=code.scope, include_refresh_token=include_refresh)
         return 200, token, self.TOKEN_RESPONSE_HEADER

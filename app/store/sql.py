@@ -74,22 +74,21 @@ class SqlStore:
                 where: dict[str, str] | None = None) -> tuple[dict | None, bool]:
         t, now = self._table, time.time()
         values = {"consumed_at": now, **({"expires_at": now + keep} if keep else {})}
+        read = sa.select(t.c.value).where(t.c.key == key, t.c.expires_at > now)
         with self.engine.begin() as conn:
-            if where:
-                value = conn.execute(sa.select(t.c.value).where(t.c.key == key, t.c.expires_at > now)).scalar()
-                if value is None:
-                    return None, False
-                if any(value.get(f) != v for f, v in where.items()):
-                    return value, False
+            value = conn.execute(read).scalar() if where else None
+            if where and (value is None or any(value.get(f) != v for f, v in where.items())):
+                return value, False
             # The conditional UPDATE is the decision: PostgreSQL re-checks the WHERE
             # after waiting on a concurrent writer's row lock, SQLite serialises writers,
-            # so exactly one caller matches the row.
+            # so exactly one caller matches the row. It never changes the value, so one read is enough.
             marked = conn.execute(
                 sa.update(t)
                 .where(t.c.key == key, t.c.consumed_at.is_(None), t.c.expires_at > now)
                 .values(**values)
             ).rowcount
-            value = conn.execute(sa.select(t.c.value).where(t.c.key == key, t.c.expires_at > now)).scalar()
+            if value is None:
+                value = conn.execute(read).scalar()
         return value, marked == 1 and value is not None
 
     def add(self, key: str, value: dict, ttl: int) -> bool:
