@@ -1,0 +1,116 @@
+"""The production servers' lifecycle, as a rolling deploy and a crash see it, on both supported servers:
+gunicorn with app/gunicorn_conf.py and granian with app/serve.py (``python -m app.serve``).
+
+- SIGTERM to the server's main process (what systemd, Docker and Kubernetes send) while a request is in
+  flight: the request is answered in full, then every process exits, with status 0.
+- A worker that dies (SIGKILL, an out-of-memory kill) is replaced, and the server keeps answering.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+import requests
+
+from tests.support.server import LiveServer
+
+SERVERS = [pytest.param(dict(gunicorn_config="python:app.gunicorn_conf"), id="gunicorn"),
+           pytest.param(dict(server="granian"), id="granian")]
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out.update(int(c) for c in f.read().split())
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before the response was complete: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(v) for k, v in (line.split(":", 1) for line in lines[1:]) if k.strip().lower() == "content-length")
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed in the middle of the body"
+        body += chunk
+    return int(lines[0].split()[1]), body
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_sigterm_finishes_the_request_in_flight_then_exits(kind):
+    with LiveServer(workers=1, **kind) as server:
+        app = server.run_cli("clients", "create", "--name", "Batch", "--grant-type", "client_credentials", "--json")
+        workers = _children(server.pid)
+        assert workers, "the server runs its requests in worker processes"
+        body = b"grant_type=client_credentials"
+        basic = base64.b64encode(f"{app['client_id']}:{app['client_secret']}".encode()).decode()
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+        try:
+            # A request whose body is still arriving: the server has it, and cannot have answered it yet.
+            sock.sendall(b"POST /token HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic " + basic.encode()
+                         + b"\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body[:10])
+            time.sleep(1.0)
+            os.kill(server.pid, signal.SIGTERM)  # the main process only, as an orchestrator does
+            time.sleep(1.5)
+            assert server.running(), "the server waits for the request in flight before it exits"
+            sock.sendall(body[10:])
+            status, payload = _read_response(sock)
+        finally:
+            sock.close()
+        assert status == 200, payload
+        token = json.loads(payload)
+        assert token["token_type"] == "Bearer" and token["access_token"].count(".") == 2
+        proc = server._proc
+        proc.wait(timeout=30)
+        assert proc.returncode == 0, server.log_tail()
+        assert not any(_alive(pid) for pid in workers), "no worker outlives the server"
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_a_worker_that_dies_is_replaced(kind):
+    with LiveServer(workers=2, **kind) as server:
+        app = server.run_cli("clients", "create", "--name", "Batch", "--grant-type", "client_credentials", "--json")
+        before = _children(server.pid)
+        assert len(before) == 2, before
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: not _alive(victim) and len(_children(server.pid) - {victim}) == 2, 30,
+              "a new worker in place of the killed one")
+        after = _children(server.pid)
+        assert victim not in after and len(after - before) == 1
+        for _ in range(6):  # fresh connections: whichever worker takes them, the answer is a token
+            r = requests.post(server.url + "/token", data={"grant_type": "client_credentials"},
+                              auth=(app["client_id"], app["client_secret"]), timeout=20)
+            assert r.status_code == 200, r.text
+        assert server.running()
