@@ -59,3 +59,47 @@ def test_a_deleted_client_stops_working_within_the_cache_bound(make_app):
     time.sleep(1.2)
     resp = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret))
     assert resp.status_code == 401 and resp.get_json()["error"] == "invalid_client"
+
+
+def test_a_code_exchange_runs_two_statements_and_no_transaction_and_its_row_is_durable(app, customer, rp):
+    """Reading the customer and inserting the token row are the exchange's only statements (the code itself is in
+    the short-lived store); with one write there is nothing for a transaction to join, so neither BEGIN nor
+    COMMIT costs a round trip."""
+    import sqlalchemy as sa
+
+    from app.extensions import db
+    from app.oauth2.models import Token
+
+    client = app.test_client()
+    _tokens(client, customer, rp)  # the client is in the cache from here on, as on a busy server
+    verifier, challenge = pkce_pair()
+    who = Customer(client, customer["email"], customer["password"])
+    code = callback_params(who.follow(who.authorize(
+        response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"],
+        scope="openid offline_access", code_challenge=challenge, code_challenge_method="S256")))["code"]
+    seen = []
+
+    def record(conn, cursor, statement, params, context, executemany):
+        if "ephemeral_items" not in statement:  # the embedded store's own transaction (the code), not Redis's
+            seen.append((statement.split()[0].upper(), conn.get_execution_options().get("isolation_level")))
+
+    with app.app_context():
+        engine = db.engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        resp = client.post("/token", data={"grant_type": "authorization_code", "code": code,
+                                           "redirect_uri": rp["redirect_uri"], "code_verifier": verifier},
+                           auth=(rp["client_id"], rp["client_secret"]))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert resp.status_code == 200, resp.get_json()
+    assert seen == [("SELECT", "AUTOCOMMIT"), ("INSERT", "AUTOCOMMIT")], seen
+    body = resp.get_json()
+    # Durable at once: another connection sees the row, and the access and refresh tokens work.
+    with engine.connect() as other:
+        assert other.execute(sa.select(sa.func.count()).select_from(Token.__table__).where(
+            Token.__table__.c.refresh_hash.is_not(None))).scalar() == 2
+    assert client.get("/userinfo", headers={"Authorization": "Bearer " + body["access_token"]}).status_code == 200
+    again = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"]},
+                        auth=(rp["client_id"], rp["client_secret"]))
+    assert again.status_code == 200, again.get_json()
