@@ -114,3 +114,20 @@ def test_a_worker_that_dies_is_replaced(kind):
                               auth=(app["client_id"], app["client_secret"]), timeout=20)
             assert r.status_code == 200, r.text
         assert server.running()
+
+
+def test_the_served_app_keeps_its_start_up_objects_out_of_the_collectors_way(tmp_path):
+    """wsgi.py freezes what start-up built, so a full garbage collection in a worker does not walk it all."""
+    import subprocess
+    import sys
+
+    from tests.support.server import ROOT
+
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/idp.sqlite3", "IDP_KEYS_DIR": str(tmp_path / "keys"),
+           "IDP_ISSUER": "http://localhost:5000", "SECRET_KEY": "s" * 48}
+    out = subprocess.run(
+        [sys.executable, "-c", "import gc, wsgi; print(gc.get_freeze_count(), len(gc.get_objects(2)))"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    frozen, old = map(int, out.stdout.split()[-2:])
+    assert frozen > 50_000 and old < frozen // 100, (frozen, old)
