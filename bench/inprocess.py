@@ -32,6 +32,8 @@ ONLY = OPTS["only"].split(",") if "only" in OPTS else None
 ROUNDS = int(OPTS.get("rounds", 3))
 CODES = int(OPTS.get("codes", (2 * ROUNDS + 1) * N + 50))  # fixed by --codes=M when comparing two values of N
 REDIRECT = "http://localhost:9/cb"
+# Called around each measured round and after each case; bench/breakdown.py sets them (runpy init_globals).
+HOOKS = globals().get("HOOKS") or {"start": lambda: None, "stop": lambda: None, "done": lambda name: None}
 db_name = f"idp_inproc_{os.getpid()}"
 admin = psycopg.connect(os.environ.get("BENCH_ADMIN_DB", "postgresql://postgres@127.0.0.1:5432/postgres"),
                         autocommit=True)
@@ -131,13 +133,16 @@ try:
         best = None
         for _ in range(ROUNDS):
             values = bodies(N) if bodies else None
+            HOOKS["start"]()
             t = os.times()
             for i in range(N):
                 call(values[i]) if values else call()
             e = os.times()
+            HOOKS["stop"]()
             user, system = (e.user - t.user) / N * 1000, (e.system - t.system) / N * 1000
             if best is None or user + system < sum(best):
                 best = (user, system)
         print(f"{name:20s} {sum(best):6.3f} ms CPU/request  (user {best[0]:.3f}, system {best[1]:.3f})", flush=True)
+        HOOKS["done"](name)
 finally:
     admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
