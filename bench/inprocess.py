@@ -69,6 +69,9 @@ try:
                                    auth_time=int(time.time()), acr="1", amr=["pwd"], sid="bench", claims=None)
                        for _ in range(CODES)]
         cid = client.client_id
+    import gc
+    gc.collect()
+    gc.freeze()  # as wsgi.py does after start-up
     auth = {"Authorization": "Basic " + base64.b64encode(f"{cid}:{secret}".encode()).decode()}
 
     def caller(wsgi, method, path, body=b"", headers=None):
