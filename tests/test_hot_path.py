@@ -103,3 +103,44 @@ def test_a_code_exchange_runs_two_statements_and_no_transaction_and_its_row_is_d
     again = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"]},
                         auth=(rp["client_id"], rp["client_secret"]))
     assert again.status_code == 200, again.get_json()
+
+
+def test_a_client_credentials_token_touches_no_database_session(app):
+    """A client-credentials token has no row and its client is cached: the request neither queries the database
+    nor creates a Session just to commit nothing."""
+    import sqlalchemy as sa
+
+    from app.cli import create_client
+    from app.extensions import db
+
+    with app.app_context():
+        c, secret = create_client("Batch", [], grant_types=["client_credentials"], scope="email")
+        cid = c.client_id
+        engine = db.engine
+    client = app.test_client()
+    assert client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)).status_code == 200
+    registry = db.session.registry
+    made, statements = [], []
+    create = registry.createfunc
+    me = threading.get_ident()
+
+    def counting_create(*a, **k):
+        if threading.get_ident() == me:
+            made.append(1)
+        return create(*a, **k)
+
+    def record(conn, cursor, statement, *a):
+        if threading.get_ident() == me:  # the requests run here; the outbox poller has a thread of its own
+            statements.append(statement)
+    registry.createfunc = counting_create
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        for _ in range(3):
+            r = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret))
+            assert r.status_code == 200 and r.get_json()["token_type"] == "Bearer"
+        bad = client.post("/token", data={"grant_type": "client_credentials", "scope": "phone"}, auth=(cid, secret))
+        assert bad.status_code == 400 and bad.get_json()["error"] == "invalid_scope"
+    finally:
+        registry.createfunc = create
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert statements == [] and made == [], (statements, len(made))

@@ -86,6 +86,8 @@ class Server(AuthorizationServer):
         except BaseException:
             db.session.rollback()
             raise
+        if not db.session.registry.has():
+            return response  # no statement ran (client credentials): no Session to create just to commit nothing
         if response.status_code == 200:
             db.session.commit()
         else:
