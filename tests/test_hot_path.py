@@ -4,8 +4,28 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
+import sqlalchemy as sa
+
+from app.extensions import db
 from tests.support.browser import Customer, callback_params, pkce_pair
+
+
+@contextmanager
+def _statements(engine):
+    """The SQL statements this thread sends meanwhile, as (connection, statement): the test client's requests run
+    here, while the outbox poller has a thread of its own."""
+    me, seen = threading.get_ident(), []
+
+    def record(conn, cursor, statement, *a):
+        if threading.get_ident() == me:
+            seen.append((conn, statement))
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
 
 
 def _tokens(client, customer, rp):
@@ -65,9 +85,6 @@ def test_a_code_exchange_runs_two_statements_and_no_transaction_and_its_row_is_d
     """Reading the customer and inserting the token row are the exchange's only statements (the code itself is in
     the short-lived store); with one write there is nothing for a transaction to join, so neither BEGIN nor
     COMMIT costs a round trip."""
-    import sqlalchemy as sa
-
-    from app.extensions import db
     from app.oauth2.models import Token
 
     client = app.test_client()
@@ -77,21 +94,15 @@ def test_a_code_exchange_runs_two_statements_and_no_transaction_and_its_row_is_d
     code = callback_params(who.follow(who.authorize(
         response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"],
         scope="openid offline_access", code_challenge=challenge, code_challenge_method="S256")))["code"]
-    seen = []
-
-    def record(conn, cursor, statement, params, context, executemany):
-        if "ephemeral_items" not in statement:  # the embedded store's own transaction (the code), not Redis's
-            seen.append((statement.split()[0].upper(), conn.get_execution_options().get("isolation_level")))
-
     with app.app_context():
         engine = db.engine
-    sa.event.listen(engine, "before_cursor_execute", record)
-    try:
+    with _statements(engine) as sent:
         resp = client.post("/token", data={"grant_type": "authorization_code", "code": code,
                                            "redirect_uri": rp["redirect_uri"], "code_verifier": verifier},
                            auth=(rp["client_id"], rp["client_secret"]))
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", record)
+    # The embedded store's own transaction (the code) is left out: with Redis it is no SQL at all.
+    seen = [(statement.split()[0].upper(), conn.get_execution_options().get("isolation_level"))
+            for conn, statement in sent if "ephemeral_items" not in statement]
     assert resp.status_code == 200, resp.get_json()
     assert seen == [("SELECT", "AUTOCOMMIT"), ("INSERT", "AUTOCOMMIT")], seen
     body = resp.get_json()
@@ -108,10 +119,7 @@ def test_a_code_exchange_runs_two_statements_and_no_transaction_and_its_row_is_d
 def test_a_client_credentials_token_touches_no_database_session(app):
     """A client-credentials token has no row and its client is cached: the request neither queries the database
     nor creates a Session just to commit nothing."""
-    import sqlalchemy as sa
-
     from app.cli import create_client
-    from app.extensions import db
 
     with app.app_context():
         c, secret = create_client("Batch", [], grant_types=["client_credentials"], scope="email")
@@ -120,27 +128,21 @@ def test_a_client_credentials_token_touches_no_database_session(app):
     client = app.test_client()
     assert client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)).status_code == 200
     registry = db.session.registry
-    made, statements = [], []
-    create = registry.createfunc
-    me = threading.get_ident()
+    made, create, me = [], registry.createfunc, threading.get_ident()
 
     def counting_create(*a, **k):
         if threading.get_ident() == me:
             made.append(1)
         return create(*a, **k)
-
-    def record(conn, cursor, statement, *a):
-        if threading.get_ident() == me:  # the requests run here; the outbox poller has a thread of its own
-            statements.append(statement)
     registry.createfunc = counting_create
-    sa.event.listen(engine, "before_cursor_execute", record)
     try:
-        for _ in range(3):
-            r = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret))
-            assert r.status_code == 200 and r.get_json()["token_type"] == "Bearer"
-        bad = client.post("/token", data={"grant_type": "client_credentials", "scope": "phone"}, auth=(cid, secret))
-        assert bad.status_code == 400 and bad.get_json()["error"] == "invalid_scope"
+        with _statements(engine) as sent:
+            for _ in range(3):
+                r = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret))
+                assert r.status_code == 200 and r.get_json()["token_type"] == "Bearer"
+            bad = client.post("/token", data={"grant_type": "client_credentials", "scope": "phone"},
+                              auth=(cid, secret))
+            assert bad.status_code == 400 and bad.get_json()["error"] == "invalid_scope"
     finally:
         registry.createfunc = create
-        sa.event.remove(engine, "before_cursor_execute", record)
-    assert statements == [] and made == [], (statements, len(made))
+    assert sent == [] and made == [], (sent, len(made))
