@@ -294,8 +294,7 @@ def scale_out(idp: "IdP", args, env: dict, specs: dict, work: Path) -> dict:
             b = CpuBudget(f"idp-bench-node{i}-{os.getpid()}", args.node_cores)
             budgets.append(b)
             port = args.port + 40 + i
-            cmd = [str(BIN / "gunicorn"), "-k", args.worker_class, "-w", str(args.node_workers), "--threads",
-                   str(args.threads), "-b", f"127.0.0.1:{port}", "--keep-alive", "30", "--backlog", "512", "wsgi:app"]
+            cmd = gunicorn_cmd("wsgi:app", port, args, workers=args.node_workers)
             nodes.append((port, spawn(b.command(cmd), env=env, logfile=work / f"node{i}.log"), b))
         for port, proc, _ in nodes:
             wait_ready(f"http://127.0.0.1:{port}/.well-known/openid-configuration", proc, f"node on {port}", 120)
@@ -535,9 +534,9 @@ def ensure_tools(profile: bool) -> None:
         subprocess.run([str(BIN / "pip"), "install", "--quiet", "py-spy"], check=False)
 
 
-def gunicorn_cmd(app: str, port: int, args) -> list[str]:
-    return [str(BIN / "gunicorn"), "-k", args.worker_class, "-w", str(args.workers), "--threads", str(args.threads),
-            "-b", f"127.0.0.1:{port}", "--keep-alive", "30", "--backlog", "512", app]
+def gunicorn_cmd(app: str, port: int, args, workers: int | None = None) -> list[str]:
+    return [str(BIN / "gunicorn"), "-k", args.worker_class, "-w", str(workers or args.workers),
+            "--threads", str(args.threads), "-b", f"127.0.0.1:{port}", "--keep-alive", "30", "--backlog", "512", app]
 
 
 def main() -> int:
