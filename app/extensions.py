@@ -28,3 +28,17 @@ migrate = Migrate()
 csrf = CSRFProtect()
 babel = Babel()
 limiter = Limiter(key_func=client_ip, default_limits=[])
+
+
+def without_transaction() -> None:
+    """Run the rest of this request's statements in autocommit mode, if none ran yet.
+
+    For a request that only reads (userinfo, introspection) or whose only write is one row (a code exchange),
+    a transaction adds nothing but two round trips to PostgreSQL: psycopg sends BEGIN before the first
+    statement, and COMMIT or ROLLBACK (when the connection goes back to the pool) after the last. Each
+    statement is then its own transaction. Where a statement already ran, the request keeps its transaction.
+    The connection gets its usual isolation level back when it returns to the pool.
+    """
+    session = db.session()  # this request's Session (the scoped_session proxy lacks in_transaction)
+    if not session.in_transaction():
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})

@@ -146,3 +146,59 @@ def test_a_client_credentials_token_touches_no_database_session(app):
     finally:
         registry.createfunc = create
     assert sent == [] and made == [], (sent, len(made))
+
+
+def test_userinfo_and_introspection_read_without_a_transaction(app, customer, rp):
+    """Both only read: each of their statements runs in autocommit, so psycopg sends no BEGIN before them and no
+    ROLLBACK when the connection goes back to the pool (two round trips of three, on PostgreSQL)."""
+    client = app.test_client()
+    tok = _tokens(client, customer, rp)  # the client is in the cache from here on
+    auth = (rp["client_id"], rp["client_secret"])
+    with app.app_context():
+        engine = db.engine
+    with _statements(engine) as sent:
+        info = client.get("/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]})
+        access = client.post("/introspect", data={"token": tok["access_token"]}, auth=auth)
+        refresh = client.post("/introspect", data={"token": tok["refresh_token"], "token_type_hint": "refresh_token"},
+                              auth=auth)
+    assert info.status_code == 200 and info.get_json()["sub"] == access.get_json()["sub"]
+    assert access.get_json()["active"] is True and access.get_json()["token_type"] == "Bearer"
+    assert refresh.get_json()["active"] is True and refresh.get_json()["token_type"] == "refresh_token"
+    seen = [(statement.split()[0].upper(), conn.get_execution_options().get("isolation_level"))
+            for conn, statement in sent if "ephemeral_items" not in statement]
+    assert len(seen) >= 3 and {mode for _, mode in seen} == {"AUTOCOMMIT"}, seen
+    assert {what for what, _ in seen} == {"SELECT"}, seen
+    # Each connection got its usual isolation level back in the pool: a write elsewhere is still transactional.
+    with engine.connect() as other:
+        assert other.get_execution_options().get("isolation_level") is None
+        assert other.exec_driver_sql("SELECT 1").scalar() == 1 and other.in_transaction()
+
+
+def test_introspecting_a_client_credentials_token_takes_no_database_connection(app):
+    """A client-credentials token has no row: introspecting it neither queries nor creates a Session."""
+    from app.cli import create_client
+
+    with app.app_context():
+        c, secret = create_client("Batch", [], grant_types=["client_credentials"], scope="email")
+        cid = c.client_id
+        engine = db.engine
+    client = app.test_client()
+    token = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)).get_json()
+    registry = db.session.registry
+    made, create, me = [], registry.createfunc, threading.get_ident()
+
+    def counting_create(*a, **k):
+        if threading.get_ident() == me:
+            made.append(1)
+        return create(*a, **k)
+    registry.createfunc = counting_create
+    try:
+        with _statements(engine) as sent:
+            r = client.post("/introspect", data={"token": token["access_token"]}, auth=(cid, secret))
+    finally:
+        registry.createfunc = create
+    body = r.get_json()
+    assert r.status_code == 200 and body["active"] is True and body["client_id"] == cid, body
+    # Only the revocation deny-list is read: from the short-lived store (its own connection when it is embedded).
+    sent = [statement for _, statement in sent if "ephemeral_items" not in statement]
+    assert sent == [] and made == [], (sent, len(made))

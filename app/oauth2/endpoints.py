@@ -9,19 +9,25 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _Introspection
 
 from ..accounts.models import User
 from ..consent import policy
-from ..extensions import db
+from ..extensions import db, without_transaction
 from . import tokens
 from .models import AUTH_METHODS, Token
 
 
-def _find(value: str, hint: str | None) -> tuple[Token | None, str | None]:
-    """The token row for an access or refresh token value, and which kind it is."""
+def _find(value: str, hint: str | None, autocommit: bool = False) -> tuple[Token | None, str | None]:
+    """The token row for an access or refresh token value, and which kind it is.
+
+    ``autocommit``: the caller only reads (introspection), so no transaction is opened for it (see
+    ``tokens.access_row``).
+    """
     order = ("refresh_token", "access_token") if hint == "refresh_token" else ("access_token", "refresh_token")
     for kind in order:
         if kind == "access_token":
             claims = tokens.decode_access_token(value)
-            row = tokens.access_row(claims) if claims else None
+            row = tokens.access_row(claims, autocommit=autocommit) if claims else None
         else:
+            if autocommit:
+                without_transaction()
             row = tokens.by_refresh_token(value)
         if row is not None:
             row.kind = kind
@@ -48,7 +54,7 @@ class IntrospectionEndpoint(_Introspection):
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
     def query_token(self, token_string, token_type_hint):
-        return _find(token_string, token_type_hint)[0]
+        return _find(token_string, token_type_hint, autocommit=True)[0]  # introspection only reads
 
     def check_permission(self, token, client, request):
         # Any authenticated confidential client (an app or a resource server) may introspect.

@@ -25,7 +25,7 @@ from authlib.oidc.core import OpenIDCode
 from flask import current_app, request
 
 from ..consent import policy as consent_policy
-from ..extensions import db
+from ..extensions import db, without_transaction
 from . import clients, codes, tokens
 from .client_auth import PrivateKeyJWT
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
@@ -80,7 +80,7 @@ class Server(AuthorizationServer):
         # One transaction per token request: the new rows (and a refresh token's claim) commit together, once,
         # after the ID token is built, so nothing the response needs is reloaded after a commit. An error
         # response rolls back whatever the failed grant had written. (A code exchange writes a single row and
-        # runs without a transaction: _without_transaction.)
+        # runs without a transaction: without_transaction.)
         try:
             response = super().create_token_response(request)
         except BaseException:
@@ -128,18 +128,6 @@ def _well_formed_basic(header: str) -> bool:
     return ":" in decoded
 
 
-def _without_transaction() -> None:
-    """Run the rest of this request's statements in autocommit mode, if none ran yet.
-
-    For a request whose only write is one row (a code exchange: read the customer, insert the token row), a
-    transaction adds nothing but two round trips, BEGIN and COMMIT, out of four. Where a statement already ran
-    (the client was not in the cache), the request stays in its transaction.
-    """
-    session = db.session()  # this request's Session (the scoped_session proxy lacks in_transaction)
-    if not session.in_transaction():
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-
-
 class IssueFromContext:
     """Mint tokens with the authorization context (auth_time, sid, claims…) the grant carries."""
 
@@ -182,7 +170,7 @@ class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
         code = self.request.authorization_code
         include_refresh = "offline_access" in code.scope.split() and self.request.client.check_grant_type(
             "refresh_token")
-        _without_transaction()
+        without_transaction()  # its only write is the token row
         user = self.authenticate_user(code)
         if user is None:
             raise InvalidGrantError("The customer of this code no longer exists.")

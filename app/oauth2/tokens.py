@@ -26,7 +26,7 @@ from .. import observability
 from ..accounts.models import User
 from ..consent import policy
 from ..crypto import keyed_hash, random_token
-from ..extensions import db
+from ..extensions import db, without_transaction
 from ..keys import keyring
 from ..oidc.claims import claims_for
 from ..store import store
@@ -177,7 +177,7 @@ def decode_access_token(value: str) -> dict | None:
     return claims
 
 
-def access_row(claims: dict, with_grants: bool = False) -> Token | None:
+def access_row(claims: dict, with_grants: bool = False, autocommit: bool = False) -> Token | None:
     """The row of a verified access token: stored, or (stateless) rebuilt from its claims; None if unknown.
 
     ``row.customer`` is its customer (a ``User``), or None for a client's own token or a deleted customer.
@@ -186,12 +186,17 @@ def access_row(claims: dict, with_grants: bool = False) -> Token | None:
 
     A rebuilt row is transient: read it, never add it to a session. It is None once revoked or once its
     client is gone.
+
+    ``autocommit``: the caller only reads, so the read runs without a transaction (``without_transaction``:
+    no BEGIN and ROLLBACK round trips). A stateless token reads no database and takes no connection.
     """
     jti = claims.get("jti")
     if not isinstance(jti, str):
         return None
     if not jti.startswith(STATELESS_JTI_PREFIX):
         # The customer comes in the same round trip (``row.customer``): every caller reads them next.
+        if autocommit:
+            without_transaction()
         found = db.session.execute(_ACCESS_ROW_WITH_GRANTS if with_grants else _ACCESS_ROW, {"b_jti": jti}).first()
         if found is None:
             return None
@@ -218,12 +223,14 @@ def revoke_access(row: Token) -> None:
         db.session.commit()
 
 
-def active_access_token(value: str, with_grants: bool = False) -> tuple[dict, Token] | None:
-    """Claims and row of a live (unexpired, unrevoked) access token (``with_grants``: see ``access_row``)."""
+def active_access_token(value: str, with_grants: bool = False,
+                        autocommit: bool = False) -> tuple[dict, Token] | None:
+    """Claims and row of a live (unexpired, unrevoked) access token (``with_grants``, ``autocommit``: see
+    ``access_row``)."""
     claims = decode_access_token(value)
     if claims is None:
         return None
-    row = access_row(claims, with_grants)
+    row = access_row(claims, with_grants, autocommit)
     if row is None or not row.access_active():
         return None
     return claims, row

@@ -49,7 +49,7 @@ def userinfo():
         return _bearer_error(400, problem, "Send the access token once, in the Authorization header")
     if not token:
         return _bearer_error(401)
-    found = tokens.active_access_token(token, with_grants=True)
+    found = tokens.active_access_token(token, with_grants=True, autocommit=True)  # reads only: no transaction
     if found is None:
         return _bearer_error(401, "invalid_token", "The access token is invalid, expired or revoked")
     claims, row = found
