@@ -68,7 +68,7 @@ def instrument(app) -> None:
     timed(tokens, "sign", "sign (RS256)")
     timed(tokens, "issue", "access token: claims + row")
     timed(tokens, "id_token", "ID token: claims")
-    timed(server.RefreshTokenGrant, "authenticate_refresh_token", "refresh token: claim")
+    timed(server.RefreshTokenGrant, "authenticate_refresh_token", "refresh token + customer + consent: read")
     timed(scoping.scoped_session, "commit", "commit")
     with app.app_context():
         engine = db.engine

@@ -202,3 +202,77 @@ def test_introspecting_a_client_credentials_token_takes_no_database_connection(a
     # Only the revocation deny-list is read: from the short-lived store (its own connection when it is embedded).
     sent = [statement for _, statement in sent if "ephemeral_items" not in statement]
     assert sent == [] and made == [], (sent, len(made))
+
+
+def test_a_refresh_reads_once_then_claims_and_inserts_in_one_statement(app, customer, rp):
+    """A refresh reads the token with its customer and their consent, then claims the old token and writes the new
+    row. On PostgreSQL the claim and the insert are one data-modifying statement, atomic without a transaction: two
+    round trips in all. SQLite has no such statement: there the claim and the insert share a transaction."""
+    client = app.test_client()
+    tok = _tokens(client, customer, rp)  # the client is in the cache from here on
+    auth = (rp["client_id"], rp["client_secret"])
+    with app.app_context():
+        engine = db.engine
+    with _statements(engine) as sent:
+        resp = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                           auth=auth)
+    assert resp.status_code == 200, resp.get_json()
+    seen = [(statement.split()[0].upper(), conn.get_execution_options().get("isolation_level"), statement)
+            for conn, statement in sent if "ephemeral_items" not in statement]
+    if engine.dialect.name == "postgresql":
+        assert [(what, mode) for what, mode, _ in seen] == [("SELECT", "AUTOCOMMIT"), ("WITH", "AUTOCOMMIT")], seen
+        assert "UPDATE tokens" in seen[1][2] and "INSERT INTO tokens" in seen[1][2]
+    else:
+        assert [(what, mode) for what, mode, _ in seen[:3]] == [
+            ("SELECT", "AUTOCOMMIT"), ("UPDATE", None), ("INSERT", None)], seen
+    new = resp.get_json()
+    assert client.get("/userinfo", headers={"Authorization": "Bearer " + new["access_token"]}).status_code == 200
+    # The old token was claimed: presented again, it is refused and ends the family, the new token with it.
+    again = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                        auth=auth)
+    assert again.status_code == 400 and again.get_json()["error"] == "invalid_grant"
+    newest = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": new["refresh_token"]},
+                         auth=auth)
+    assert newest.status_code == 400 and newest.get_json()["error"] == "invalid_grant"
+    gone = client.post("/introspect", data={"token": new["access_token"]}, auth=auth).get_json()
+    assert gone == {"active": False}
+
+
+def test_a_refresh_token_claimed_between_read_and_write_is_refused_and_ends_its_family(app, customer, rp):
+    """The race the single statement closes: a request reads a live refresh token, another request rotates it,
+    then the first tries to claim it. The first must write nothing and end the family, the other's tokens too."""
+    from app.oauth2 import tokens
+
+    client = app.test_client()
+    tok = _tokens(client, customer, rp)
+    auth = (rp["client_id"], rp["client_secret"])
+    real, raced = tokens.refresh_row, []
+
+    def read_then_lose_the_race(value):
+        row = real(value)
+        if not raced:  # once: the competing request rotates the token after this read
+            raced.append(None)
+
+            def compete():  # in a thread of its own, so with its own app context and database session
+                raced[0] = app.test_client().post(
+                    "/token", data={"grant_type": "refresh_token", "refresh_token": value}, auth=auth)
+            other = threading.Thread(target=compete)
+            other.start()
+            other.join(60)
+        return row
+    tokens.refresh_row = read_then_lose_the_race
+    try:
+        late = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                           auth=auth)
+    finally:
+        tokens.refresh_row = real
+    winner = raced[0]
+    assert winner.status_code == 200, winner.get_json()
+    assert late.status_code == 400 and late.get_json()["error"] == "invalid_grant", late.get_json()
+    after = client.post("/token", data={"grant_type": "refresh_token",
+                                        "refresh_token": winner.get_json()["refresh_token"]}, auth=auth)
+    assert after.status_code == 400 and after.get_json()["error"] == "invalid_grant"
+    with app.app_context():
+        from app.oauth2.models import Token
+        rows = db.session.execute(sa.select(Token.__table__.c.id, Token.__table__.c.revoked_at)).all()
+    assert len(rows) == 2 and all(revoked is not None for _, revoked in rows), rows  # nothing written by the loser

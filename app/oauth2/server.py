@@ -134,11 +134,15 @@ class IssueFromContext:
     def token_context(self) -> tuple[str | None, dict]:
         return None, {}
 
+    def replaced_token(self) -> Token | None:
+        """The refresh token that the new tokens rotate (claimed as their row is written), if any."""
+        return None
+
     def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None, include_refresh_token=True):
         family_id, ctx = self.token_context()
         response = tokens.issue(client=self.request.client, user=user, scope=scope or "",
                                 grant_type=grant_type or self.GRANT_TYPE, family_id=family_id,
-                                include_refresh=include_refresh_token, context=ctx)
+                                include_refresh=include_refresh_token, context=ctx, replaces=self.replaced_token())
         self.request.issued_context = ctx
         return response
 
@@ -187,28 +191,28 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token):
-        # Claim the token with one conditional UPDATE … RETURNING: of two requests presenting it, exactly one
-        # wins, and the winner gets the row in the same round trip. The claim commits together with the new
-        # tokens (or rolls back with the request if it fails).
-        row = tokens.claim_refresh_token(refresh_token)
-        if row is not None:
-            return row
-        # Unknown, expired, or presented again: a rotated (or revoked) refresh token that comes back has
-        # leaked, so its whole family ends.
-        old = tokens.by_refresh_token(refresh_token)
-        if old is None or old.refresh_expires_at is None or old.refresh_expires_at <= time.time():
+        # One read, in autocommit: the row with its customer and their consent to this app. The claim comes with
+        # the new row's insert (tokens.issue): one statement on PostgreSQL, so a refresh is two round trips.
+        without_transaction()
+        row = tokens.refresh_row(refresh_token)
+        if row is None or row.refresh_expires_at is None or row.refresh_expires_at <= time.time():
             return None
-        db.session.rollback()
-        tokens.revoke_family(old.family_id)
-        return None
+        if row.rotated_at is not None or row.revoked_at is not None:
+            # A rotated (or revoked) refresh token that comes back has leaked: its whole family ends.
+            tokens.revoke_family(row.family_id)
+            return None
+        return row
 
     def authenticate_user(self, refresh_token):
-        # The customer and their consent to this app in one round trip; issue_token reads the consent.
-        user, self.request.granted = consent_policy.customer_with_grants(refresh_token.user_id, self.request.client)
-        return user
+        # Read with the token (tokens.refresh_row); issue_token reads the consent.
+        self.request.granted = refresh_token.granted
+        return refresh_token.customer
 
     def revoke_old_credential(self, refresh_token):
-        pass  # claimed in authenticate_refresh_token, committed with the new tokens
+        pass  # claimed as the new row is written (replaced_token)
+
+    def replaced_token(self):
+        return self.request.refresh_token
 
     def token_context(self):
         row = self.request.refresh_token
@@ -221,7 +225,14 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
         granted = consent_policy.still_granted(user, self.request.client, scope.split(), self.request.granted)
         if "offline_access" not in granted:
             raise InvalidGrantError("The customer no longer allows this app to stay connected.")
-        return self.generate_token(user=user, scope=" ".join(granted), include_refresh_token=True)
+        try:
+            return self.generate_token(user=user, scope=" ".join(granted), include_refresh_token=True)
+        except tokens.AlreadyRotated:
+            # Another request presented the same refresh token between our read and our claim, and won: the
+            # token was used twice, so its whole family ends (the winner's new tokens too).
+            db.session.rollback()
+            tokens.revoke_family(refresh_token.family_id)
+            raise InvalidGrantError() from None
 
 
 class ClientCredentialsGrant(IssueFromContext, grants.ClientCredentialsGrant):

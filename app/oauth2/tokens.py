@@ -14,6 +14,7 @@ active when its client is deleted (within the client cache's bound).
 
 from __future__ import annotations
 
+import functools
 import time
 
 import sqlalchemy as sa
@@ -44,16 +45,32 @@ _DENY_KEY = "revoked-jti:"
 # its values per request, cost more CPU than the round trip. Parameters go in at execution.
 _TOKENS = Token.__table__
 _INSERT = _TOKENS.insert()
+# Claim a live refresh token: of two requests presenting it, exactly one changes the row.
 _CLAIM = (
     _TOKENS.update()
-    .where(_TOKENS.c.refresh_hash == sa.bindparam("b_hash"), _TOKENS.c.rotated_at.is_(None),
+    .where(_TOKENS.c.id == sa.bindparam("b_old"), _TOKENS.c.rotated_at.is_(None),
            _TOKENS.c.revoked_at.is_(None), _TOKENS.c.refresh_expires_at > sa.bindparam("b_now"))
     .values(rotated_at=sa.bindparam("b_now"))
-    .returning(*_TOKENS.c)
 )
 # An access token's row with its customer and (for userinfo and the Account API) their consent to its app.
 _ACCESS_ROW = db.select(Token, User).outerjoin(User, User.id == Token.user_id).where(Token.id == sa.bindparam("b_jti"))
 _ACCESS_ROW_WITH_GRANTS = _ACCESS_ROW.add_columns(policy.grants_of(Token.user_id, Token.client_id))
+# A refresh token's row with its customer and their consent to its app: everything a refresh reads, at once.
+_REFRESH_ROW = (db.select(Token, User, policy.grants_of(Token.user_id, Token.client_id))
+                .outerjoin(User, User.id == Token.user_id).where(Token.refresh_hash == sa.bindparam("b_hash")))
+
+
+@functools.cache
+def _rotation(columns: tuple[str, ...]):
+    """PostgreSQL: claim the old refresh token and insert its successor's row in one statement.
+
+    A data-modifying CTE: the INSERT selects from the UPDATE's RETURNING, so the new row exists exactly when the
+    claim succeeded, and the statement alone is atomic (no BEGIN or COMMIT around it). Built once per set of
+    columns (``issue`` always writes the same ones for a refresh).
+    """
+    claimed = _CLAIM.returning(_TOKENS.c.id).cte("claimed")
+    new = sa.select(*(sa.bindparam("v_" + c, type_=_TOKENS.c[c].type) for c in columns)).select_from(claimed)
+    return _TOKENS.insert().from_select(list(columns), new).returning(_TOKENS.c.id)
 
 
 def issuer() -> str:
@@ -65,11 +82,17 @@ def sign(claims: dict, alg: str, typ: str = "JWT") -> str:
     return jwt.encode({"alg": alg, "kid": key.kid, "typ": typ}, claims, key, algorithms=[alg])
 
 
+class AlreadyRotated(Exception):
+    """The refresh token being replaced was claimed (rotated, revoked or expired) since it was read."""
+
+
 def issue(*, client, user, scope: str, grant_type: str, family_id: str | None = None,
-          include_refresh: bool = False, context: dict | None = None) -> dict:
+          include_refresh: bool = False, context: dict | None = None, replaces: Token | None = None) -> dict:
     """Return the token response members (no id_token yet), with a row unless the token is stateless.
 
     The row is written in the request's transaction, not committed: the token endpoint commits once per request.
+    ``replaces``: the refresh token this one rotates; it is claimed together with the new row's insert, and
+    ``AlreadyRotated`` is raised (nothing written) if another request claimed it first.
     """
     cfg = current_app.config
     ctx = context or {}
@@ -99,10 +122,29 @@ def issue(*, client, user, scope: str, grant_type: str, family_id: str | None = 
         row["refresh_hash"] = keyed_hash(refresh, "refresh")
         row["refresh_expires_at"] = now + cfg["IDP_REFRESH_TOKEN_TTL"]
         response["refresh_token"] = refresh
-    # A Core INSERT in the request's transaction: the ORM's unit of work cost more than the statement itself.
-    db.session.execute(_INSERT, row)
+    if replaces is not None:
+        if not _rotate(replaces.id, now, row):
+            raise AlreadyRotated(replaces.id)
+    else:
+        # A Core INSERT in the request's transaction: the ORM's unit of work cost more than the statement itself.
+        db.session.execute(_INSERT, row)
     observability.count_token(grant_type)
     return response
+
+
+def _rotate(old_id: str, now: int, row: dict) -> bool:
+    """Claim the live refresh token ``old_id`` and insert ``row``, its successor, atomically; False if not live."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        params = {"b_old": old_id, "b_now": now, **{"v_" + k: v for k, v in row.items()}}
+        return db.session.execute(_rotation(tuple(row)), params).first() is not None
+    # SQLite has no data-modifying CTE: the claim, then the insert, in one transaction that the token endpoint
+    # commits. Committing first ends the read (and its snapshot), so that the claim opens the write transaction:
+    # in WAL mode a transaction that read and then writes fails when another connection wrote in between.
+    db.session.commit()
+    if db.session.execute(_CLAIM, {"b_old": old_id, "b_now": now}).rowcount != 1:
+        return False
+    db.session.execute(_INSERT, row)
+    return True
 
 
 def id_token(*, client, user, row: Token, access_token: str | None, nonce: str | None) -> str:
@@ -157,13 +199,16 @@ def by_refresh_token(value: str) -> Token | None:
     ).scalar_one_or_none()
 
 
-def claim_refresh_token(value: str) -> Token | None:
-    """Mark a live refresh token rotated and return its row, in one statement; None if it is not live."""
+def refresh_row(value: str) -> Token | None:
+    """The row of a refresh token, whatever its state, with ``row.customer`` (a ``User``, or None if they are
+    gone) and ``row.granted`` (the items they allow its app now), in one round trip; None if unknown."""
     if not value or len(value) > 256:
         return None
-    now = int(time.time())
-    found = db.session.execute(_CLAIM, {"b_hash": keyed_hash(value, "refresh"), "b_now": now}).one_or_none()
-    return None if found is None else Token(**found._asdict())  # transient: read it, never add it
+    found = db.session.execute(_REFRESH_ROW, {"b_hash": keyed_hash(value, "refresh")}).first()
+    if found is None:
+        return None
+    row, row.customer, row.granted = found[0], found[1], policy.split(found[2])
+    return row
 
 
 def decode_access_token(value: str) -> dict | None:
