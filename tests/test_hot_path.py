@@ -28,6 +28,32 @@ def _statements(engine):
         sa.event.remove(engine, "before_cursor_execute", record)
 
 
+@contextmanager
+def _sessions_made():
+    """The database Sessions this thread creates meanwhile (one per request that touches the database)."""
+    registry = db.session.registry
+    made, create, me = [], registry.createfunc, threading.get_ident()
+
+    def counting_create(*a, **k):
+        if threading.get_ident() == me:
+            made.append(1)
+        return create(*a, **k)
+    registry.createfunc = counting_create
+    try:
+        yield made
+    finally:
+        registry.createfunc = create
+
+
+def _machine_client(app):
+    """A client-credentials client (id, secret) and the app's engine."""
+    from app.cli import create_client
+
+    with app.app_context():
+        c, secret = create_client("Batch", [], grant_types=["client_credentials"], scope="email")
+        return c.client_id, secret, db.engine
+
+
 def _tokens(client, customer, rp):
     verifier, challenge = pkce_pair()
     who = Customer(client, customer["email"], customer["password"])
@@ -37,6 +63,16 @@ def _tokens(client, customer, rp):
     return client.post("/token", data={"grant_type": "authorization_code", "code": cb["code"],
                                        "redirect_uri": rp["redirect_uri"], "code_verifier": verifier},
                        auth=(rp["client_id"], rp["client_secret"])).get_json()
+
+
+def _with_tokens(app, customer, rp):
+    """A test client, tokens of a signed-in customer (the app's client is cached from here on), the app's
+    credentials and the engine."""
+    client = app.test_client()
+    tok = _tokens(client, customer, rp)
+    with app.app_context():
+        engine = db.engine
+    return client, tok, (rp["client_id"], rp["client_secret"]), engine
 
 
 def test_two_concurrent_refreshes_with_one_token_one_wins_and_the_family_ends(app, customer, rp):
@@ -68,11 +104,7 @@ def test_two_concurrent_refreshes_with_one_token_one_wins_and_the_family_ends(ap
 
 def test_a_deleted_client_stops_working_within_the_cache_bound(make_app):
     app = make_app(IDP_CLIENT_CACHE_TTL=1)
-    from app.cli import create_client
-
-    with app.app_context():
-        c, secret = create_client("Batch", [], grant_types=["client_credentials"], scope="email")
-        cid = c.client_id
+    cid, secret, _ = _machine_client(app)
     client = app.test_client()
     assert client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)).status_code == 200
     assert app.test_cli_runner().invoke(args=["clients", "delete", cid]).exit_code == 0
@@ -119,43 +151,23 @@ def test_a_code_exchange_runs_two_statements_and_no_transaction_and_its_row_is_d
 def test_a_client_credentials_token_touches_no_database_session(app):
     """A client-credentials token has no row and its client is cached: the request neither queries the database
     nor creates a Session just to commit nothing."""
-    from app.cli import create_client
-
-    with app.app_context():
-        c, secret = create_client("Batch", [], grant_types=["client_credentials"], scope="email")
-        cid = c.client_id
-        engine = db.engine
+    cid, secret, engine = _machine_client(app)
     client = app.test_client()
     assert client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)).status_code == 200
-    registry = db.session.registry
-    made, create, me = [], registry.createfunc, threading.get_ident()
-
-    def counting_create(*a, **k):
-        if threading.get_ident() == me:
-            made.append(1)
-        return create(*a, **k)
-    registry.createfunc = counting_create
-    try:
-        with _statements(engine) as sent:
-            for _ in range(3):
-                r = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret))
-                assert r.status_code == 200 and r.get_json()["token_type"] == "Bearer"
-            bad = client.post("/token", data={"grant_type": "client_credentials", "scope": "phone"},
-                              auth=(cid, secret))
-            assert bad.status_code == 400 and bad.get_json()["error"] == "invalid_scope"
-    finally:
-        registry.createfunc = create
+    with _sessions_made() as made, _statements(engine) as sent:
+        for _ in range(3):
+            r = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret))
+            assert r.status_code == 200 and r.get_json()["token_type"] == "Bearer"
+        bad = client.post("/token", data={"grant_type": "client_credentials", "scope": "phone"},
+                          auth=(cid, secret))
+        assert bad.status_code == 400 and bad.get_json()["error"] == "invalid_scope"
     assert sent == [] and made == [], (sent, len(made))
 
 
 def test_userinfo_and_introspection_read_without_a_transaction(app, customer, rp):
     """Both only read: each of their statements runs in autocommit, so psycopg sends no BEGIN before them and no
     ROLLBACK when the connection goes back to the pool (two round trips of three, on PostgreSQL)."""
-    client = app.test_client()
-    tok = _tokens(client, customer, rp)  # the client is in the cache from here on
-    auth = (rp["client_id"], rp["client_secret"])
-    with app.app_context():
-        engine = db.engine
+    client, tok, auth, engine = _with_tokens(app, customer, rp)
     with _statements(engine) as sent:
         info = client.get("/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]})
         access = client.post("/introspect", data={"token": tok["access_token"]}, auth=auth)
@@ -176,27 +188,11 @@ def test_userinfo_and_introspection_read_without_a_transaction(app, customer, rp
 
 def test_introspecting_a_client_credentials_token_takes_no_database_connection(app):
     """A client-credentials token has no row: introspecting it neither queries nor creates a Session."""
-    from app.cli import create_client
-
-    with app.app_context():
-        c, secret = create_client("Batch", [], grant_types=["client_credentials"], scope="email")
-        cid = c.client_id
-        engine = db.engine
+    cid, secret, engine = _machine_client(app)
     client = app.test_client()
     token = client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)).get_json()
-    registry = db.session.registry
-    made, create, me = [], registry.createfunc, threading.get_ident()
-
-    def counting_create(*a, **k):
-        if threading.get_ident() == me:
-            made.append(1)
-        return create(*a, **k)
-    registry.createfunc = counting_create
-    try:
-        with _statements(engine) as sent:
-            r = client.post("/introspect", data={"token": token["access_token"]}, auth=(cid, secret))
-    finally:
-        registry.createfunc = create
+    with _sessions_made() as made, _statements(engine) as sent:
+        r = client.post("/introspect", data={"token": token["access_token"]}, auth=(cid, secret))
     body = r.get_json()
     assert r.status_code == 200 and body["active"] is True and body["client_id"] == cid, body
     # Only the revocation deny-list is read: from the short-lived store (its own connection when it is embedded).
@@ -208,11 +204,7 @@ def test_a_refresh_reads_once_then_claims_and_inserts_in_one_statement(app, cust
     """A refresh reads the token with its customer and their consent, then claims the old token and writes the new
     row. On PostgreSQL the claim and the insert are one data-modifying statement, atomic without a transaction: two
     round trips in all. SQLite has no such statement: there the claim and the insert share a transaction."""
-    client = app.test_client()
-    tok = _tokens(client, customer, rp)  # the client is in the cache from here on
-    auth = (rp["client_id"], rp["client_secret"])
-    with app.app_context():
-        engine = db.engine
+    client, tok, auth, engine = _with_tokens(app, customer, rp)
     with _statements(engine) as sent:
         resp = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
                            auth=auth)
