@@ -75,6 +75,14 @@ def _with_tokens(app, customer, rp):
     return client, tok, (rp["client_id"], rp["client_secret"]), engine
 
 
+def _refresh(client, auth, value):
+    return client.post("/token", data={"grant_type": "refresh_token", "refresh_token": value}, auth=auth)
+
+
+def _active(client, auth, token) -> bool:
+    return client.post("/introspect", data={"token": token}, auth=auth).get_json()["active"]
+
+
 def test_two_concurrent_refreshes_with_one_token_one_wins_and_the_family_ends(app, customer, rp):
     tok = _tokens(app.test_client(), customer, rp)
     results = []
@@ -206,8 +214,7 @@ def test_a_refresh_reads_once_then_claims_and_inserts_in_one_statement(app, cust
     round trips in all. SQLite has no such statement: there the claim and the insert share a transaction."""
     client, tok, auth, engine = _with_tokens(app, customer, rp)
     with _statements(engine) as sent:
-        resp = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
-                           auth=auth)
+        resp = _refresh(client, auth, tok["refresh_token"])
     assert resp.status_code == 200, resp.get_json()
     seen = [(statement.split()[0].upper(), conn.get_execution_options().get("isolation_level"), statement)
             for conn, statement in sent if "ephemeral_items" not in statement]
@@ -215,56 +222,118 @@ def test_a_refresh_reads_once_then_claims_and_inserts_in_one_statement(app, cust
         assert [(what, mode) for what, mode, _ in seen] == [("SELECT", "AUTOCOMMIT"), ("WITH", "AUTOCOMMIT")], seen
         assert "UPDATE tokens" in seen[1][2] and "INSERT INTO tokens" in seen[1][2]
     else:
-        assert [(what, mode) for what, mode, _ in seen[:3]] == [
+        assert [(what, mode) for what, mode, _ in seen] == [
             ("SELECT", "AUTOCOMMIT"), ("UPDATE", None), ("INSERT", None)], seen
     new = resp.get_json()
     assert client.get("/userinfo", headers={"Authorization": "Bearer " + new["access_token"]}).status_code == 200
     # The old token was claimed: presented again, it is refused and ends the family, the new token with it.
-    again = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
-                        auth=auth)
+    again = _refresh(client, auth, tok["refresh_token"])
     assert again.status_code == 400 and again.get_json()["error"] == "invalid_grant"
-    newest = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": new["refresh_token"]},
-                         auth=auth)
+    newest = _refresh(client, auth, new["refresh_token"])
     assert newest.status_code == 400 and newest.get_json()["error"] == "invalid_grant"
     gone = client.post("/introspect", data={"token": new["access_token"]}, auth=auth).get_json()
     assert gone == {"active": False}
 
 
-def test_a_refresh_token_claimed_between_read_and_write_is_refused_and_ends_its_family(app, customer, rp):
+def test_a_refresh_token_claimed_between_read_and_write_is_refused_and_ends_its_family(app, customer, rp,
+                                                                                      monkeypatch):
     """The race the single statement closes: a request reads a live refresh token, another request rotates it,
     then the first tries to claim it. The first must write nothing and end the family, the other's tokens too."""
-    from app.oauth2 import tokens
+    client, tok, auth, engine = _with_tokens(app, customer, rp)
+    raced = []
 
-    client = app.test_client()
-    tok = _tokens(client, customer, rp)
-    auth = (rp["client_id"], rp["client_secret"])
-    real, raced = tokens.refresh_row, []
-
-    def read_then_lose_the_race(value):
-        row = real(value)
-        if not raced:  # once: the competing request rotates the token after this read
-            raced.append(None)
-
-            def compete():  # in a thread of its own, so with its own app context and database session
-                raced[0] = app.test_client().post(
-                    "/token", data={"grant_type": "refresh_token", "refresh_token": value}, auth=auth)
-            other = threading.Thread(target=compete)
-            other.start()
-            other.join(60)
-        return row
-    tokens.refresh_row = read_then_lose_the_race
-    try:
-        late = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
-                           auth=auth)
-    finally:
-        tokens.refresh_row = real
+    def compete(value):
+        raced.append(app.test_client().post(
+            "/token", data={"grant_type": "refresh_token", "refresh_token": value}, auth=auth))
+    _while_refreshing(monkeypatch, compete)
+    late = _refresh(client, auth, tok["refresh_token"])
     winner = raced[0]
     assert winner.status_code == 200, winner.get_json()
     assert late.status_code == 400 and late.get_json()["error"] == "invalid_grant", late.get_json()
-    after = client.post("/token", data={"grant_type": "refresh_token",
-                                        "refresh_token": winner.get_json()["refresh_token"]}, auth=auth)
+    after = _refresh(client, auth, winner.get_json()["refresh_token"])
     assert after.status_code == 400 and after.get_json()["error"] == "invalid_grant"
     with app.app_context():
         from app.oauth2.models import Token
         rows = db.session.execute(sa.select(Token.__table__.c.id, Token.__table__.c.revoked_at)).all()
     assert len(rows) == 2 and all(revoked is not None for _, revoked in rows), rows  # nothing written by the loser
+
+
+def _while_refreshing(monkeypatch, act):
+    """Make ``act(value)`` run in a thread of its own (its own app context and session) right after the refresh
+    token is read and before it is claimed, once."""
+    from app.oauth2 import tokens
+
+    real, done = tokens.refresh_row, []
+
+    def read_then_act(value):
+        row = real(value)
+        if not done:
+            done.append(1)
+            other = threading.Thread(target=act, args=(value,))
+            other.start()
+            other.join(60)
+        return row
+    monkeypatch.setattr(tokens, "refresh_row", read_then_act)
+
+
+def test_a_refresh_that_fails_before_writing_leaves_its_token_live(app, customer, rp, monkeypatch):
+    """The claim and the new row are written last, after the ID token: a request that fails before (here the ID
+    token cannot be signed) writes nothing, so the app's retry with the same refresh token succeeds."""
+    from app.oauth2 import tokens
+
+    client, tok, auth, engine = _with_tokens(app, customer, rp)
+    real = tokens.id_token
+
+    def cannot_sign(**kw):
+        raise RuntimeError("the signing key is unavailable")
+    monkeypatch.setattr(tokens, "id_token", cannot_sign)
+    try:
+        failed = _refresh(client, auth, tok["refresh_token"]).status_code
+    except RuntimeError:
+        failed = 500  # the test app propagates exceptions
+    assert failed == 500
+    monkeypatch.setattr(tokens, "id_token", real)
+    retry = _refresh(client, auth, tok["refresh_token"])
+    assert retry.status_code == 200, retry.get_json()
+    assert _active(client, auth, tok["access_token"]) is True
+
+
+def test_a_refresh_token_that_expires_between_read_and_claim_is_still_rotated(app, customer, rp, monkeypatch):
+    """Expiry is judged once, when the token is read: a token that was live then is claimed, not mistaken for a
+    reused one (which would end the family)."""
+    from app.oauth2.models import Token
+
+    client, tok, auth, engine = _with_tokens(app, customer, rp)
+    table = Token.__table__
+    with engine.begin() as conn:  # the refresh token expires one second from now
+        conn.execute(table.update().where(table.c.refresh_hash.is_not(None))
+                     .values(refresh_expires_at=int(time.time()) + 1))
+    from app.oauth2 import tokens
+
+    real_mint = tokens.mint
+
+    def slow_mint(**kw):  # the token expires after it was checked live and before it is claimed
+        time.sleep(2.1)
+        return real_mint(**kw)
+    monkeypatch.setattr(tokens, "mint", slow_mint)
+    resp = _refresh(client, auth, tok["refresh_token"])
+    assert resp.status_code == 200, resp.get_json()
+    assert _active(client, auth, tok["access_token"]) is True
+
+
+def test_a_refresh_token_deleted_between_read_and_claim_gets_invalid_grant(app, customer, rp, monkeypatch):
+    """Erasure or a deleted app can remove the token's rows while a refresh is under way: the refresh is refused
+    with invalid_grant (never a 500) and writes nothing."""
+    from app.oauth2.models import Token
+
+    client, tok, auth, engine = _with_tokens(app, customer, rp)
+    table = Token.__table__
+
+    def delete_rows(value):
+        with engine.begin() as conn:
+            conn.execute(table.delete())
+    _while_refreshing(monkeypatch, delete_rows)
+    resp = _refresh(client, auth, tok["refresh_token"])
+    assert resp.status_code == 400 and resp.get_json()["error"] == "invalid_grant", resp.get_json()
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0

@@ -80,7 +80,8 @@ class Server(AuthorizationServer):
         # One transaction per token request: the new rows (and a refresh token's claim) commit together, once,
         # after the ID token is built, so nothing the response needs is reloaded after a commit. An error
         # response rolls back whatever the failed grant had written. (A code exchange writes a single row and
-        # runs without a transaction: without_transaction.)
+        # runs without a transaction, without_transaction; a refresh writes last, its claim and new row in one
+        # statement on PostgreSQL: RefreshTokenGrant.)
         try:
             response = super().create_token_response(request)
         except BaseException:
@@ -110,7 +111,7 @@ class Server(AuthorizationServer):
         return super().authenticate_client(req, methods, endpoint)
 
     def save_token(self, token, req):
-        pass  # tokens.issue adds the row as it mints the token; create_token_response commits
+        pass  # tokens.issue (a refresh: tokens.rotate) writes the row; create_token_response commits
 
     def validate_requested_scope(self, scope):
         pass  # each grant checks scope against what was granted
@@ -134,15 +135,11 @@ class IssueFromContext:
     def token_context(self) -> tuple[str | None, dict]:
         return None, {}
 
-    def replaced_token(self) -> Token | None:
-        """The refresh token that the new tokens rotate (claimed as their row is written), if any."""
-        return None
-
     def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None, include_refresh_token=True):
         family_id, ctx = self.token_context()
         response = tokens.issue(client=self.request.client, user=user, scope=scope or "",
                                 grant_type=grant_type or self.GRANT_TYPE, family_id=family_id,
-                                include_refresh=include_refresh_token, context=ctx, replaces=self.replaced_token())
+                                include_refresh=include_refresh_token, context=ctx)
         self.request.issued_context = ctx
         return response
 
@@ -187,20 +184,28 @@ class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
 
 
 class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
+    """Refresh with rotation, in two round trips on PostgreSQL.
+
+    One read, in autocommit: the old token's row with its customer and their consent to this app. The new tokens
+    and the ID token are then built in memory, and only at the end is the old token claimed and the new row
+    written, in one statement (``tokens.rotate``). So nothing is written unless the whole response is ready: a
+    request that fails on the way leaves the old token live for a retry.
+    """
+
     TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token):
-        # One read, in autocommit: the row with its customer and their consent to this app. The claim comes with
-        # the new row's insert (tokens.issue): one statement on PostgreSQL, so a refresh is two round trips.
         without_transaction()
         row = tokens.refresh_row(refresh_token)
-        if row is None or row.refresh_expires_at is None or row.refresh_expires_at <= time.time():
+        now = int(time.time())
+        if row is None or row.refresh_expires_at is None or row.refresh_expires_at <= now:
             return None
         if row.rotated_at is not None or row.revoked_at is not None:
             # A rotated (or revoked) refresh token that comes back has leaked: its whole family ends.
             tokens.revoke_family(row.family_id)
             return None
+        row.live_at = now  # the claim judges expiry at this instant (tokens.rotate)
         return row
 
     def authenticate_user(self, refresh_token):
@@ -209,15 +214,20 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
         return refresh_token.customer
 
     def revoke_old_credential(self, refresh_token):
-        pass  # claimed as the new row is written (replaced_token)
-
-    def replaced_token(self):
-        return self.request.refresh_token
+        pass  # claimed when the new row is written (create_token_response)
 
     def token_context(self):
         row = self.request.refresh_token
         return row.family_id, {"auth_time": row.auth_time, "acr": row.acr, "amr": row.amr, "sid": row.sid,
                                "claims": row.claims}
+
+    def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None, include_refresh_token=True):
+        family_id, ctx = self.token_context()
+        response, self.request.new_row = tokens.mint(
+            client=self.request.client, user=user, scope=scope or "", grant_type=self.GRANT_TYPE,
+            family_id=family_id, include_refresh=True, context=ctx)
+        self.request.issued_context = ctx
+        return response
 
     def issue_token(self, user, refresh_token):
         # The new scope is what was asked (a subset, checked by Authlib) and is still consented.
@@ -225,14 +235,19 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
         granted = consent_policy.still_granted(user, self.request.client, scope.split(), self.request.granted)
         if "offline_access" not in granted:
             raise InvalidGrantError("The customer no longer allows this app to stay connected.")
-        try:
-            return self.generate_token(user=user, scope=" ".join(granted), include_refresh_token=True)
-        except tokens.AlreadyRotated:
-            # Another request presented the same refresh token between our read and our claim, and won: the
-            # token was used twice, so its whole family ends (the winner's new tokens too).
+        return self.generate_token(user=user, scope=" ".join(granted), include_refresh_token=True)
+
+    def create_token_response(self):
+        result = super().create_token_response()  # Authlib's, with its hooks: the ID token too; nothing written yet
+        old = self.request.refresh_token
+        old_id, family_id = old.id, old.family_id  # read now: the SQLite path commits (and expires) before claiming
+        if not tokens.rotate(old_id, old.live_at, self.request.new_row):
+            # Another request presented the same refresh token between our read and our claim, and won: the token
+            # was used twice, so its whole family ends (the winner's new tokens too).
             db.session.rollback()
-            tokens.revoke_family(refresh_token.family_id)
-            raise InvalidGrantError() from None
+            tokens.revoke_family(family_id)
+            raise InvalidGrantError()
+        return result
 
 
 class ClientCredentialsGrant(IssueFromContext, grants.ClientCredentialsGrant):

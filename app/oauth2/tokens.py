@@ -82,18 +82,25 @@ def sign(claims: dict, alg: str, typ: str = "JWT") -> str:
     return jwt.encode({"alg": alg, "kid": key.kid, "typ": typ}, claims, key, algorithms=[alg])
 
 
-class AlreadyRotated(Exception):
-    """The refresh token being replaced was claimed (rotated, revoked or expired) since it was read."""
-
-
 def issue(*, client, user, scope: str, grant_type: str, family_id: str | None = None,
-          include_refresh: bool = False, context: dict | None = None, replaces: Token | None = None) -> dict:
+          include_refresh: bool = False, context: dict | None = None) -> dict:
     """Return the token response members (no id_token yet), with a row unless the token is stateless.
 
     The row is written in the request's transaction, not committed: the token endpoint commits once per request.
-    ``replaces``: the refresh token this one rotates; it is claimed together with the new row's insert, and
-    ``AlreadyRotated`` is raised (nothing written) if another request claimed it first.
     """
+    response, row = mint(client=client, user=user, scope=scope, grant_type=grant_type, family_id=family_id,
+                         include_refresh=include_refresh, context=context)
+    if row is not None:
+        # A Core INSERT in the request's transaction: the ORM's unit of work cost more than the statement itself.
+        db.session.execute(_INSERT, row)
+    observability.count_token(grant_type)
+    return response
+
+
+def mint(*, client, user, scope: str, grant_type: str, family_id: str | None = None,
+         include_refresh: bool = False, context: dict | None = None) -> tuple[dict, dict | None]:
+    """The token response members (no id_token yet) and the row to store for them (None: stateless). Writes
+    nothing: ``issue`` writes the row, and a refresh writes it together with its claim (``rotate``)."""
     cfg = current_app.config
     ctx = context or {}
     now = int(time.time())
@@ -109,8 +116,7 @@ def issue(*, client, user, scope: str, grant_type: str, family_id: str | None = 
     access_token = sign(claims, cfg["IDP_ACCESS_TOKEN_ALG"], typ="at+jwt")
     response = {"access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": scope}
     if stateless:
-        observability.count_token(grant_type)
-        return response
+        return response, None
     row = dict(
         id=jti, family_id=family_id or random_token(18), client_id=client.client_id,
         user_id=user.id if user is not None else None, grant_type=grant_type, scope=scope,
@@ -122,29 +128,32 @@ def issue(*, client, user, scope: str, grant_type: str, family_id: str | None = 
         row["refresh_hash"] = keyed_hash(refresh, "refresh")
         row["refresh_expires_at"] = now + cfg["IDP_REFRESH_TOKEN_TTL"]
         response["refresh_token"] = refresh
-    if replaces is not None:
-        if not _rotate(replaces.id, now, row):
-            raise AlreadyRotated(replaces.id)
-    else:
-        # A Core INSERT in the request's transaction: the ORM's unit of work cost more than the statement itself.
-        db.session.execute(_INSERT, row)
-    observability.count_token(grant_type)
-    return response
+    return response, row
 
 
-def _rotate(old_id: str, now: int, row: dict) -> bool:
-    """Claim the live refresh token ``old_id`` and insert ``row``, its successor, atomically; False if not live."""
+def rotate(old_id: str, as_of: int, row: dict) -> bool:
+    """Claim the refresh token ``old_id`` and store ``row``, its successor's, atomically; False (nothing written)
+    if the old token was rotated or revoked meanwhile.
+
+    ``as_of`` is when the old token was found live: its expiry is judged at that instant, so a token that expires
+    between that check and the claim is not mistaken for a reused one.
+    """
+    params = {"b_old": old_id, "b_now": as_of}
     if db.session.get_bind().dialect.name == "postgresql":
-        params = {"b_old": old_id, "b_now": now, **{"v_" + k: v for k, v in row.items()}}
-        return db.session.execute(_rotation(tuple(row)), params).first() is not None
-    # SQLite has no data-modifying CTE: the claim, then the insert, in one transaction that the token endpoint
-    # commits. Committing first ends the read (and its snapshot), so that the claim opens the write transaction:
-    # in WAL mode a transaction that read and then writes fails when another connection wrote in between.
-    db.session.commit()
-    if db.session.execute(_CLAIM, {"b_old": old_id, "b_now": now}).rowcount != 1:
-        return False
-    db.session.execute(_INSERT, row)
-    return True
+        claimed = db.session.execute(
+            _rotation(tuple(row)), {**params, **{"v_" + k: v for k, v in row.items()}}).first() is not None
+    else:
+        # SQLite has no data-modifying CTE: the claim, then the insert, in one transaction that the token endpoint
+        # commits. Committing first ends the read (and its snapshot), so that the claim opens the write
+        # transaction: in WAL mode a transaction that read and then writes fails when another connection wrote in
+        # between. Nothing read before is used after, so no expired object is reloaded.
+        db.session.commit()
+        claimed = db.session.execute(_CLAIM, params).rowcount == 1
+        if claimed:
+            db.session.execute(_INSERT, row)
+    if claimed:
+        observability.count_token(row["grant_type"])
+    return claimed
 
 
 def id_token(*, client, user, row: Token, access_token: str | None, nonce: str | None) -> str:
