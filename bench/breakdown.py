@@ -67,7 +67,7 @@ def instrument(app) -> None:
     timed(policy, "customer_with_grants", "customer + consent: read")
     timed(tokens, "sign", "sign (RS256)")
     timed(tokens, "mint", "access token: claims")
-    timed(tokens, "issue", "token row: INSERT")
+    timed(tokens, "save", "token row: INSERT")
     timed(tokens, "rotate", "refresh: claim + new row")
     timed(tokens, "id_token", "ID token: claims")
     timed(server.RefreshTokenGrant, "authenticate_refresh_token", "refresh token + customer + consent: read")

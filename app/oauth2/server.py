@@ -111,7 +111,7 @@ class Server(AuthorizationServer):
         return super().authenticate_client(req, methods, endpoint)
 
     def save_token(self, token, req):
-        pass  # tokens.issue (a refresh: tokens.rotate) writes the row; create_token_response commits
+        pass  # generate_token writes the row (tokens.save; a refresh: tokens.rotate); create_token_response commits
 
     def validate_requested_scope(self, scope):
         pass  # each grant checks scope against what was granted
@@ -137,11 +137,15 @@ class IssueFromContext:
 
     def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None, include_refresh_token=True):
         family_id, ctx = self.token_context()
-        response = tokens.issue(client=self.request.client, user=user, scope=scope or "",
-                                grant_type=grant_type or self.GRANT_TYPE, family_id=family_id,
-                                include_refresh=include_refresh_token, context=ctx)
+        grant_type = grant_type or self.GRANT_TYPE
+        response, row = tokens.mint(client=self.request.client, user=user, scope=scope or "", grant_type=grant_type,
+                                    family_id=family_id, include_refresh=include_refresh_token, context=ctx)
         self.request.issued_context = ctx
+        self.store_row(row, grant_type)
         return response
+
+    def store_row(self, row: dict | None, grant_type: str) -> None:
+        tokens.save(row, grant_type)
 
 
 class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
@@ -221,13 +225,8 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
         return row.family_id, {"auth_time": row.auth_time, "acr": row.acr, "amr": row.amr, "sid": row.sid,
                                "claims": row.claims}
 
-    def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None, include_refresh_token=True):
-        family_id, ctx = self.token_context()
-        response, self.request.new_row = tokens.mint(
-            client=self.request.client, user=user, scope=scope or "", grant_type=self.GRANT_TYPE,
-            family_id=family_id, include_refresh=True, context=ctx)
-        self.request.issued_context = ctx
-        return response
+    def store_row(self, row, grant_type):
+        self.request.new_row = row  # written last, with the claim (create_token_response)
 
     def issue_token(self, user, refresh_token):
         # The new scope is what was asked (a subset, checked by Authlib) and is still consented.

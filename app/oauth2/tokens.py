@@ -66,7 +66,7 @@ def _rotation(columns: tuple[str, ...]):
 
     A data-modifying CTE: the INSERT selects from the UPDATE's RETURNING, so the new row exists exactly when the
     claim succeeded, and the statement alone is atomic (no BEGIN or COMMIT around it). Built once per set of
-    columns (``issue`` always writes the same ones for a refresh).
+    columns (``mint`` always makes the same ones for a refresh).
     """
     claimed = _CLAIM.returning(_TOKENS.c.id).cte("claimed")
     new = sa.select(*(sa.bindparam("v_" + c, type_=_TOKENS.c[c].type) for c in columns)).select_from(claimed)
@@ -82,25 +82,21 @@ def sign(claims: dict, alg: str, typ: str = "JWT") -> str:
     return jwt.encode({"alg": alg, "kid": key.kid, "typ": typ}, claims, key, algorithms=[alg])
 
 
-def issue(*, client, user, scope: str, grant_type: str, family_id: str | None = None,
-          include_refresh: bool = False, context: dict | None = None) -> dict:
-    """Return the token response members (no id_token yet), with a row unless the token is stateless.
+def save(row: dict | None, grant_type: str) -> None:
+    """Write the row of newly minted tokens (None: a stateless token, nothing to write) and count them.
 
     The row is written in the request's transaction, not committed: the token endpoint commits once per request.
     """
-    response, row = mint(client=client, user=user, scope=scope, grant_type=grant_type, family_id=family_id,
-                         include_refresh=include_refresh, context=context)
     if row is not None:
         # A Core INSERT in the request's transaction: the ORM's unit of work cost more than the statement itself.
         db.session.execute(_INSERT, row)
     observability.count_token(grant_type)
-    return response
 
 
 def mint(*, client, user, scope: str, grant_type: str, family_id: str | None = None,
          include_refresh: bool = False, context: dict | None = None) -> tuple[dict, dict | None]:
     """The token response members (no id_token yet) and the row to store for them (None: stateless). Writes
-    nothing: ``issue`` writes the row, and a refresh writes it together with its claim (``rotate``)."""
+    nothing: ``save`` writes the row, and a refresh writes it together with its claim (``rotate``)."""
     cfg = current_app.config
     ctx = context or {}
     now = int(time.time())
