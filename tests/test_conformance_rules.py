@@ -427,6 +427,34 @@ def test_refresh_scope_cannot_grow(client, customer, rp):
     assert_json_error(resp, 400, "invalid_scope")
 
 
+def test_refresh_may_narrow_the_access_token_while_the_refresh_token_keeps_the_grant(client, customer, rp):
+    """RFC 6749 §6: a refresh may ask for less than was granted, even without offline_access; the new refresh token
+    keeps the scope of the one presented, so a later refresh gets the whole grant back."""
+    tok = tokens_for(client, customer, rp, scope="openid offline_access profile email")
+    assert set(tok["scope"].split()) == {"openid", "offline_access", "profile", "email"}
+
+    narrow = _refresh(client, rp, tok["refresh_token"], scope="openid profile")
+    assert narrow.status_code == 200, narrow.get_json()
+    narrow = narrow.get_json()
+    assert narrow["scope"] == "openid profile" and narrow["refresh_token"]
+    assert decode(client, narrow["access_token"]).claims["scope"] == "openid profile"
+    info = userinfo(client, narrow["access_token"]).get_json()
+    assert info["name"] and "email" not in info
+    assert "email" not in id_claims(client, narrow)
+    assert introspect(client, rp, narrow["access_token"]).get_json()["scope"] == "openid profile"
+    kept = introspect(client, rp, narrow["refresh_token"]).get_json()
+    assert kept["active"] and set(kept["scope"].split()) == {"openid", "offline_access", "profile", "email"}
+
+    # Asking for nothing is asking for the whole grant; asking for part of it again is fine; more is not.
+    whole = _refresh(client, rp, narrow["refresh_token"]).get_json()
+    assert set(whole["scope"].split()) == {"openid", "offline_access", "profile", "email"}
+    assert userinfo(client, whole["access_token"]).get_json()["email"] == customer["email"]
+    part = _refresh(client, rp, whole["refresh_token"], scope="email openid")
+    assert part.status_code == 200 and part.get_json()["scope"] == "email openid"
+    more = _refresh(client, rp, part.get_json()["refresh_token"], scope="openid phone")
+    assert_json_error(more, 400, "invalid_scope")
+
+
 # -- S-09 request objects ------------------------------------------------------------------------------------------
 
 def test_s09_request_and_request_uri_are_refused_with_state(client, rp):

@@ -70,8 +70,9 @@ class IntrospectionEndpoint(_Introspection):
         else:
             user = db.session.get(User, token.user_id) if token.user_id else None
         exp = token.access_expires_at if token.kind == "access_token" else token.refresh_expires_at
+        scope = token.scope if token.kind == "access_token" else token.get_scope()
         body = {
-            "active": True, "scope": token.scope, "client_id": token.client_id,
+            "active": True, "scope": scope, "client_id": token.client_id,
             "token_type": "Bearer" if token.kind == "access_token" else "refresh_token",
             "exp": exp, "iat": token.issued_at, "iss": tokens.issuer(),
             "sub": user.sub if user else token.client_id,
@@ -83,7 +84,7 @@ class IntrospectionEndpoint(_Introspection):
                 body[name] = getattr(token, name)
         if user is not None:
             client = self.server.query_client(token.client_id)
-            purposes = policy.purposes_claim(user.id, client, token.scope) if client else None
+            purposes = policy.purposes_claim(user.id, client, scope) if client else None
             if purposes is not None:
                 body[tokens.PURPOSES_CLAIM] = purposes
         return body

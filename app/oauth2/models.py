@@ -123,7 +123,9 @@ class Token(db.Model):
     client_id: Mapped[str] = mapped_column(sa.String(64), index=True)
     user_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
     grant_type: Mapped[str] = mapped_column(sa.String(64))
-    scope: Mapped[str] = mapped_column(sa.Text, default="")
+    scope: Mapped[str] = mapped_column(sa.Text, default="")  # the access token's
+    # The refresh token's (the grant's) scope where a refresh narrowed the access token's (RFC 6749 §6); NULL: same.
+    refresh_scope: Mapped[str | None] = mapped_column(sa.Text)
     claims: Mapped[dict | None] = mapped_column(sa.JSON)
     sid: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     auth_time: Mapped[int | None] = mapped_column(sa.BigInteger)
@@ -141,7 +143,8 @@ class Token(db.Model):
         return self.client_id == client.client_id
 
     def get_scope(self) -> str:
-        return self.scope
+        """The refresh token's scope: what a refresh may ask for, and gets when it asks for nothing."""
+        return self.scope if self.refresh_scope is None else self.refresh_scope
 
     # used by Authlib's introspection endpoint; ``kind`` is set by the endpoint's lookup
     def is_expired(self) -> bool:

@@ -135,11 +135,13 @@ class IssueFromContext:
     def token_context(self) -> tuple[str | None, dict]:
         return None, {}
 
-    def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None, include_refresh_token=True):
+    def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None, include_refresh_token=True,
+                       refresh_scope=None):
         family_id, ctx = self.token_context()
         grant_type = grant_type or self.GRANT_TYPE
         response, row = tokens.mint(client=self.request.client, user=user, scope=scope or "", grant_type=grant_type,
-                                    family_id=family_id, include_refresh=include_refresh_token, context=ctx)
+                                    family_id=family_id, include_refresh=include_refresh_token, context=ctx,
+                                    refresh_scope=refresh_scope)
         self.request.issued_context = ctx
         self.store_row(row, grant_type)
         return response
@@ -229,12 +231,17 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
         self.request.new_row = row  # written last, with the claim (create_token_response)
 
     def issue_token(self, user, refresh_token):
-        # The new scope is what was asked (a subset, checked by Authlib) and is still consented.
-        scope = self.request.payload.scope or refresh_token.scope
-        granted = consent_policy.still_granted(user, self.request.client, scope.split(), self.request.granted)
-        if "offline_access" not in granted:
+        # The grant goes on with what the customer still allows of it; a withdrawal narrows it for good. The
+        # access token gets what was asked (a subset of the grant, checked by Authlib), or the whole grant, while
+        # the new refresh token keeps the grant's scope (RFC 6749 §6): a narrowed request does not narrow it.
+        grant = consent_policy.still_granted(user, self.request.client, refresh_token.get_scope().split(),
+                                             self.request.granted)
+        if "offline_access" not in grant:
             raise InvalidGrantError("The customer no longer allows this app to stay connected.")
-        return self.generate_token(user=user, scope=" ".join(granted), include_refresh_token=True)
+        asked = self.request.payload.scope
+        scope = [s for s in asked.split() if s in grant] if asked else grant
+        return self.generate_token(user=user, scope=" ".join(scope), include_refresh_token=True,
+                                   refresh_scope=" ".join(grant))
 
     def create_token_response(self):
         result = super().create_token_response()  # Authlib's, with its hooks: the ID token too; nothing written yet

@@ -94,9 +94,13 @@ def save(row: dict | None, grant_type: str) -> None:
 
 
 def mint(*, client, user, scope: str, grant_type: str, family_id: str | None = None,
-         include_refresh: bool = False, context: dict | None = None) -> tuple[dict, dict | None]:
+         include_refresh: bool = False, context: dict | None = None,
+         refresh_scope: str | None = None) -> tuple[dict, dict | None]:
     """The token response members (no id_token yet) and the row to store for them (None: stateless). Writes
-    nothing: ``save`` writes the row, and a refresh writes it together with its claim (``rotate``)."""
+    nothing: ``save`` writes the row, and a refresh writes it together with its claim (``rotate``).
+
+    ``scope`` is the access token's; ``refresh_scope`` the refresh token's when it differs (a narrowed refresh).
+    """
     cfg = current_app.config
     ctx = context or {}
     now = int(time.time())
@@ -123,6 +127,7 @@ def mint(*, client, user, scope: str, grant_type: str, family_id: str | None = N
         refresh = random_token(32)
         row["refresh_hash"] = keyed_hash(refresh, "refresh")
         row["refresh_expires_at"] = now + cfg["IDP_REFRESH_TOKEN_TTL"]
+        row["refresh_scope"] = refresh_scope if refresh_scope not in (None, scope) else None
         response["refresh_token"] = refresh
     return response, row
 
