@@ -337,3 +337,64 @@ def test_a_refresh_token_deleted_between_read_and_claim_gets_invalid_grant(app, 
     assert resp.status_code == 400 and resp.get_json()["error"] == "invalid_grant", resp.get_json()
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
+
+
+def test_a_family_revocation_that_waits_on_a_rotation_also_ends_the_token_rotated_in(app, customer, rp):
+    """Sign-out, withdrawal or reuse ending a family while a rotation of it is committing: the revocation waits for
+    the claimed row, and must then also revoke the successor that the rotation inserted, which was not there when
+    its UPDATE started (READ COMMITTED on PostgreSQL). On SQLite, writers queue, so the revocation sees it anyway."""
+    from app.crypto import keyed_hash, random_token
+    from app.oauth2 import tokens
+    from app.oauth2.models import Token
+
+    client, tok, auth, engine = _with_tokens(app, customer, rp)
+    table = Token.__table__
+    with engine.connect() as conn:
+        old = conn.execute(sa.select(table).where(table.c.refresh_hash.is_not(None))).mappings().one()
+    successor = random_token(32)
+    with app.app_context():
+        successor_hash = keyed_hash(successor, "refresh")
+    now = int(time.time())
+    row = {**old, "id": random_token(18), "refresh_hash": successor_hash, "issued_at": now, "rotated_at": None}
+
+    rotation = engine.connect()
+    pending = rotation.begin()  # the rotation's statement has run, its commit has not yet happened
+    if engine.dialect.name == "postgresql":
+        claimed = rotation.execute(tokens._rotation(tuple(row)),
+                                   {"b_old": old["id"], "b_now": now, **{"v_" + k: v for k, v in row.items()}})
+        assert claimed.first() is not None
+    else:
+        assert rotation.execute(tokens._CLAIM, {"b_old": old["id"], "b_now": now}).rowcount == 1
+        rotation.execute(tokens._INSERT, row)
+
+    revoked = []
+
+    def revoke():
+        with app.app_context():
+            revoked.append(tokens.revoke_family(old["family_id"]))
+    revoker = threading.Thread(target=revoke)
+    revoker.start()
+    if engine.dialect.name == "postgresql":  # wait until the revocation is blocked on the claimed row
+        with engine.connect() as watch:
+            for _ in range(200):
+                waiting = watch.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE tokens%'")).scalar()
+                if waiting:
+                    break
+                time.sleep(0.02)
+            assert waiting, "the revocation never waited on the rotation"
+    else:
+        time.sleep(0.5)
+    assert revoker.is_alive()
+    pending.commit()
+    rotation.close()
+    revoker.join(30)
+
+    assert revoked == [2]  # the claimed row, then its successor
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(table.c.id, table.c.revoked_at)
+                            .where(table.c.family_id == old["family_id"])).all()
+    assert len(rows) == 2 and all(at is not None for _, at in rows), rows
+    late = _refresh(client, auth, successor)
+    assert late.status_code == 400 and late.get_json()["error"] == "invalid_grant"

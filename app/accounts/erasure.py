@@ -44,6 +44,7 @@ from ..audit import AuditEvent, subject_hash
 from ..consent.models import ConsentEvent, ConsentGrant
 from ..events import account_deleted
 from ..extensions import db
+from ..oauth2 import tokens
 from ..oauth2.models import Token
 from .models import LoginSession, User
 
@@ -97,8 +98,7 @@ def erase(user: User, channel: str) -> Erasure:
         sids = list(s.execute(db.select(LoginSession.id).where(
             LoginSession.user_id == uid, LoginSession.ended_at.is_(None), LoginSession.expires_at > now)).scalars())
 
-        tokens_revoked = s.execute(db.update(Token).where(Token.user_id == uid, Token.revoked_at.is_(None))
-                                   .values(revoked_at=now)).rowcount
+        tokens_revoked = tokens.revoke_where(Token.user_id == uid)
         s.execute(db.update(LoginSession).where(LoginSession.user_id == uid, LoginSession.ended_at.is_(None))
                   .values(ended_at=now))
 

@@ -14,6 +14,7 @@ from .. import observability
 from ..audit import subject_hash
 from ..events import grant_ended
 from ..extensions import db
+from ..oauth2 import tokens
 from ..oauth2.models import Client, Token
 from . import receipts
 from .models import ConsentEvent, ConsentGrant
@@ -76,8 +77,7 @@ def withdraw(user, client_id: str | None = None, item: str | None = None,
             continue
         events.append(_event(user, client, "withdrawn", items, channel))
         if item is None:
-            db.session.execute(db.update(Token).where(Token.user_id == user.id, Token.client_id == cid,
-                                                      Token.revoked_at.is_(None)).values(revoked_at=now))
+            tokens.revoke_where(Token.user_id == user.id, Token.client_id == cid)
             ended.append(cid)
     db.session.commit()
     observability.count_consent("withdrawn", channel, len(events))

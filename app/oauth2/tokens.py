@@ -291,11 +291,26 @@ def active_access_token(value: str, with_grants: bool = False,
     return claims, row
 
 
+def revoke_where(*conditions) -> int:
+    """Revoke every live token row matching ``conditions``, in the request's transaction (not committed), including
+    the successor a refresh rotation is committing meanwhile. Returns the number of rows changed.
+
+    On PostgreSQL (READ COMMITTED) an UPDATE sees the rows committed when it started. A rotation that claimed one
+    of the rows first makes the UPDATE wait for it, and then revoke the claimed row, but not the successor inserted
+    by the same statement: it was not there when the UPDATE started. So the UPDATE runs again, with a new snapshot,
+    until it changes nothing (one extra statement when nothing raced). A rotation that comes after the first UPDATE
+    waits for this transaction instead, and its claim then fails because the row is revoked.
+    """
+    statement = db.update(Token).where(*conditions, Token.revoked_at.is_(None)).execution_options(
+        synchronize_session=False)
+    now, total = int(time.time()), 0
+    while changed := db.session.execute(statement.values(revoked_at=now)).rowcount:
+        total += changed
+    return total
+
+
 def revoke_family(family_id: str) -> int:
-    """Revoke every token descending from one authorization. Returns the number of rows changed."""
-    now = int(time.time())
-    result = db.session.execute(
-        db.update(Token).where(Token.family_id == family_id, Token.revoked_at.is_(None)).values(revoked_at=now)
-    )
+    """Revoke every token descending from one authorization, and commit. Returns the number of rows changed."""
+    changed = revoke_where(Token.family_id == family_id)
     db.session.commit()
-    return result.rowcount
+    return changed

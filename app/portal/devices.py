@@ -18,6 +18,7 @@ from flask_babel import gettext as _
 from .. import audit
 from ..device import DEVICE_CODE_GRANT_TYPE
 from ..extensions import db
+from ..oauth2 import tokens
 from ..oauth2.models import Client, Token
 from . import bp, login_required
 
@@ -69,11 +70,8 @@ def devices():
 @login_required
 def sign_out():
     client_id = request.form.get("client_id", "")[:64]
-    result = db.session.execute(
-        db.update(Token).where(Token.user_id == g.user.id, Token.client_id == client_id,
-                               Token.family_id.in_(_families(g.user.id, client_id)), Token.revoked_at.is_(None))
-        .values(revoked_at=int(time.time())).execution_options(synchronize_session=False))
-    if result.rowcount:
+    if tokens.revoke_where(Token.user_id == g.user.id, Token.client_id == client_id,
+                           Token.family_id.in_(_families(g.user.id, client_id))):
         audit.record(g.user, "device_signed_out", commit=False, client_id=client_id, channel="account_centre")
         flash(_("The device was signed out. It must be given a new code to sign in again."))
     else:
