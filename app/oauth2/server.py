@@ -150,7 +150,7 @@ class IssueFromContext:
         tokens.save(row, grant_type)
 
 
-class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
+class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
 
     def query_authorization_code(self, code, client):
@@ -158,12 +158,6 @@ class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
 
     def delete_authorization_code(self, authorization_code):
         pass  # consumed already; the kept record lets a replay revoke the tokens (codes.consume)
-
-    def authenticate_user(self, authorization_code):
-        # The customer and their consent to this app in one round trip; create_token_response reads the consent.
-        user, self.request.granted = consent_policy.customer_with_grants(authorization_code.user_id,
-                                                                         self.request.client)
-        return user
 
     def token_context(self):
         code = self.request.authorization_code
@@ -174,19 +168,25 @@ class AuthorizationCodeGrant(IssueFromContext, grants.AuthorizationCodeGrant):
 
     @hooked
     def create_token_response(self):
-        code = self.request.authorization_code
-        include_refresh = "offline_access" in code.scope.split() and self.request.client.check_grant_type(
-            "refresh_token")
+        """The token row is written in the statement that reads the customer and their consent (one round trip on
+        PostgreSQL, without a transaction), and the access token is signed once the customer is known. If the
+        customer is gone nothing is written; if they withdrew consent meanwhile, the row just written is revoked."""
+        code, client = self.request.authorization_code, self.request.client
+        include_refresh = "offline_access" in code.scope.split() and client.check_grant_type("refresh_token")
+        family_id, ctx = self.token_context()
+        claims, response, row = tokens.draft(client=client, user_id=code.user_id, scope=code.scope,
+                                             grant_type=self.GRANT_TYPE, family_id=family_id,
+                                             include_refresh=include_refresh, context=ctx)
         without_transaction()  # its only write is the token row
-        user = self.authenticate_user(code)
+        user, self.request.granted = tokens.save_with_customer(row, client)
         if user is None:
             raise InvalidGrantError("The customer of this code no longer exists.")
-        self.request.user = user
         scopes = code.scope.split()
-        if len(consent_policy.still_granted(user, self.request.client, scopes, self.request.granted)) < len(scopes):
+        if len(consent_policy.still_granted(user, client, scopes, self.request.granted)) < len(scopes):
+            tokens.revoke_family(family_id)
             raise InvalidGrantError("The customer withdrew consent for this app.")
-        token = self.generate_token(user=user, scope=code.scope, include_refresh_token=include_refresh)
-        return 200, token, self.TOKEN_RESPONSE_HEADER
+        self.request.user, self.request.issued_context = user, ctx
+        return 200, tokens.finish(claims, response, user.sub), self.TOKEN_RESPONSE_HEADER
 
 
 class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):

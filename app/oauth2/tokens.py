@@ -101,25 +101,35 @@ def mint(*, client, user, scope: str, grant_type: str, family_id: str | None = N
 
     ``scope`` is the access token's; ``refresh_scope`` the refresh token's when it differs (a narrowed refresh).
     """
+    claims, response, row = draft(client=client, user_id=user.id if user is not None else None, scope=scope,
+                                  grant_type=grant_type, family_id=family_id, include_refresh=include_refresh,
+                                  context=context, refresh_scope=refresh_scope)
+    return finish(claims, response, user.sub if user is not None else client.client_id), row
+
+
+def draft(*, client, user_id: int | None, scope: str, grant_type: str, family_id: str | None = None,
+          include_refresh: bool = False, context: dict | None = None,
+          refresh_scope: str | None = None) -> tuple[dict, dict, dict | None]:
+    """``mint`` up to the signature: the access token's claims but its ``sub``, the response without the access
+    token, and the row. None of the row depends on the customer's ``sub``, so a code exchange can write it in the
+    same statement that reads the customer (``save_with_customer``) and sign afterwards (``finish``)."""
     cfg = current_app.config
     ctx = context or {}
     now = int(time.time())
-    stateless = user is None and not include_refresh and grant_type == "client_credentials"
+    stateless = user_id is None and not include_refresh and grant_type == "client_credentials"
     jti = (STATELESS_JTI_PREFIX if stateless else "") + random_token(18)
     ttl = cfg["IDP_ACCESS_TOKEN_TTL"]
-    subject = user.sub if user is not None else client.client_id
-    claims = {"iss": issuer(), "sub": subject, "aud": issuer(), "client_id": client.client_id,
+    claims = {"iss": issuer(), "aud": issuer(), "client_id": client.client_id,
               "iat": now, "exp": now + ttl, "jti": jti, "scope": scope}
     for name in ("auth_time", "acr", "amr", "sid"):
         if ctx.get(name):
             claims[name] = ctx[name]
-    access_token = sign(claims, cfg["IDP_ACCESS_TOKEN_ALG"], typ="at+jwt")
-    response = {"access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": scope}
+    response = {"token_type": "Bearer", "expires_in": ttl, "scope": scope}
     if stateless:
-        return response, None
+        return claims, response, None
     row = dict(
         id=jti, family_id=family_id or random_token(18), client_id=client.client_id,
-        user_id=user.id if user is not None else None, grant_type=grant_type, scope=scope,
+        user_id=user_id, grant_type=grant_type, scope=scope,
         claims=ctx.get("claims") or None, sid=ctx.get("sid"), auth_time=ctx.get("auth_time"),
         amr=ctx.get("amr"), acr=ctx.get("acr"), issued_at=now, access_expires_at=now + ttl,
     )
@@ -129,7 +139,54 @@ def mint(*, client, user, scope: str, grant_type: str, family_id: str | None = N
         row["refresh_expires_at"] = now + cfg["IDP_REFRESH_TOKEN_TTL"]
         row["refresh_scope"] = refresh_scope if refresh_scope not in (None, scope) else None
         response["refresh_token"] = refresh
-    return response, row
+    return claims, response, row
+
+
+def finish(claims: dict, response: dict, sub: str) -> dict:
+    """The token response of a ``draft``: its access token signed for ``sub`` (the customer's, or the client's)."""
+    claims["sub"] = sub
+    return {"access_token": sign(claims, current_app.config["IDP_ACCESS_TOKEN_ALG"], typ="at+jwt"), **response}
+
+
+@functools.cache
+def _insert_with_customer(columns: tuple[str, ...]):
+    """PostgreSQL: insert a token row for a customer who exists and read them with their consent, in one statement.
+
+    A data-modifying CTE (run once, whether or not the outer query reads it); the INSERT selects from ``users``,
+    so nothing is written for a customer who is gone. Built once per set of columns."""
+    users = User.__table__
+    values = (sa.select(*(sa.bindparam("v_" + c, type_=_TOKENS.c[c].type) for c in columns))
+              .select_from(users).where(users.c.id == sa.bindparam("b_user")))
+    saved = _TOKENS.insert().from_select(list(columns), values).returning(_TOKENS.c.id).cte("saved")
+    return policy.CUSTOMER_WITH_GRANTS.add_columns(sa.select(sa.func.count()).select_from(saved).scalar_subquery())
+
+
+def save_with_customer(row: dict, client) -> tuple[User | None, set[str]]:
+    """Write ``row`` (a customer's new tokens) and read that customer with the items they allow ``client``; (None,
+    set()) and nothing written if they are gone.
+
+    One statement on PostgreSQL (``_insert_with_customer``); on SQLite the read, then the insert. The caller runs
+    without a transaction (``without_transaction``), so the row is durable at once; if what it reads forbids the
+    tokens (a withdrawn consent), it revokes them.
+    """
+    params = {"b_user": row["user_id"], "b_client": client.client_id}
+    try:
+        if db.session.get_bind().dialect.name == "postgresql":
+            found = db.session.execute(_insert_with_customer(tuple(row)),
+                                       {**params, **{"v_" + k: v for k, v in row.items()}}).first()
+            if found is None:
+                return None, set()
+            user, granted = found[0], policy.split(found[1])
+        else:
+            user, granted = policy.customer_with_grants(row["user_id"], client)
+            if user is None:
+                return None, set()
+            db.session.execute(_INSERT, row)
+    except sa.exc.IntegrityError:  # the customer was erased while the statement ran: the row's reference failed
+        db.session.rollback()
+        return None, set()
+    observability.count_token(row["grant_type"])
+    return user, granted
 
 
 def rotate(old_id: str, as_of: int, row: dict) -> bool:
