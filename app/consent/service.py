@@ -68,7 +68,6 @@ def withdraw(user, client_id: str | None = None, item: str | None = None,
         db.session.delete(row)
     ended = []
     events = []
-    now = int(time.time())
     clients = {c.client_id: c for c in db.session.execute(
         db.select(Client).where(Client.client_id.in_(list(by_client) or [""]))).scalars()}
     for cid, items in by_client.items():
