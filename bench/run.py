@@ -755,14 +755,17 @@ def main() -> int:
 
 
 def profile(master: int, port: int, spec: dict, seconds: int, conns: int, work: Path, meter) -> dict:
-    """py-spy samples one gunicorn worker while wrk drives the client-credentials token endpoint."""
+    """py-spy samples every gunicorn worker while wrk drives the client-credentials token endpoint.
+
+    All of them: wrk's keep-alive connections stay with the workers that accepted them, so one worker picked in
+    advance may serve none of the requests (run 8's first attempt sampled an idle worker)."""
     spy = BIN / "py-spy"
     if not spy.exists():
         return {"error": "py-spy is not installed"}
-    worker = [p for p in descendants(master) if p != master][0]
+    workers = [p for p in descendants(master) if p != master]
     raw = work / "profile.txt"
-    p = subprocess.Popen([str(spy), "record", "--pid", str(worker), "--duration", str(seconds), "--rate", "250",
-                          "--format", "raw", "--output", str(raw)],
+    p = subprocess.Popen([str(spy), "record", "--pid", str(master), "--subprocesses", "--duration", str(seconds),
+                          "--rate", "250", "--format", "raw", "--output", str(raw)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     STARTED.append(p)
     time.sleep(0.5)
@@ -780,7 +783,7 @@ def profile(master: int, port: int, spec: dict, seconds: int, conns: int, work: 
         if not stack or not n.isdigit():
             continue
         n = int(n)
-        frames = [f for f in stack.split(";") if f]
+        frames = [f for f in stack.split(";") if f and not f.startswith("process ")]  # py-spy's process label
         frames = [re.sub(r":\d+\)$", ")", re.sub(r"\(.*?(?:site-packages/|lib/python3\.\d+/|%s/)" % re.escape(str(ROOT)), "(", f))
                   for f in frames]
         # Only samples of request handling (the poller threads and idle waits are not the endpoint's cost).
@@ -791,7 +794,9 @@ def profile(master: int, port: int, spec: dict, seconds: int, conns: int, work: 
         for f in set(frames):
             inclusive[f] += n
     (BENCH / "profile-client-credentials.txt").write_text(raw.read_text())
-    return {"samples": total, "worker": worker,
+    if not total:
+        return {"samples": 0, "workers": len(workers)}
+    return {"samples": total, "workers": len(workers),
             "self": [(f, n / total) for f, n in self_.most_common(25)],
             "inclusive": [(f, n / total) for f, n in inclusive.most_common(60)]}
 
@@ -943,9 +948,14 @@ def report(res: dict) -> str:
         w(f"Two nodes: not measured ({so['skipped']}). The pass gives each node a CPU budget of its own with a "
           "cgroup, which needs root and the cgroup cpu controller.\n")
     prof = res.get("profile")
-    if prof and prof.get("samples"):
+    if prof and not prof.get("samples"):
         w("## Profile: client-credentials token\n")
-        w(f"py-spy, 250 Hz, one gunicorn worker (pid {prof['worker']}) under the same wrk load; "
+        w(f"Not available: {prof.get('error') or 'py-spy caught no sample inside request handling'}.\n")
+    elif prof:
+        w("## Profile: client-credentials token\n")
+        who = (f"every gunicorn worker ({prof['workers']})" if "workers" in prof
+               else f"one gunicorn worker (pid {prof['worker']})")
+        w(f"py-spy, 250 Hz, {who} under the same wrk load; "
           f"{prof['samples']} samples inside request handling. Raw stacks: bench/profile-client-credentials.txt.\n")
         w("Inclusive (the function and what it calls), top entries:\n")
         w("| share | function |")
