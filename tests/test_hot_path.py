@@ -132,7 +132,7 @@ def test_a_deleted_client_stops_working_within_the_cache_bound(make_app):
 
 def test_a_code_exchange_writes_its_row_while_reading_the_customer_without_a_transaction(app, customer, rp):
     """Reading the customer and inserting the token row are the exchange's only SQL (the code itself is in the
-    short-lived store): one data-modifying statement on PostgreSQL, a SELECT and an INSERT on SQLite. With one
+    short-lived store): one data-modifying statement on PostgreSQL, an INSERT then a SELECT on SQLite. With one
     write there is nothing for a transaction to join, so neither BEGIN nor COMMIT costs a round trip."""
     from app.oauth2.models import Token
 
@@ -151,7 +151,7 @@ def test_a_code_exchange_writes_its_row_while_reading_the_customer_without_a_tra
         assert [(what, mode) for what, mode, _ in seen] == [("WITH", "AUTOCOMMIT")], seen
         assert "INSERT INTO tokens" in seen[0][2] and "FROM users" in seen[0][2]
     else:
-        assert [(what, mode) for what, mode, _ in seen] == [("SELECT", "AUTOCOMMIT"), ("INSERT", "AUTOCOMMIT")], seen
+        assert [(what, mode) for what, mode, _ in seen] == [("INSERT", "AUTOCOMMIT"), ("SELECT", "AUTOCOMMIT")], seen
     body = resp.get_json()
     # Durable at once: another connection sees the row, and the access and refresh tokens work.
     with engine.connect() as other:
@@ -161,7 +161,6 @@ def test_a_code_exchange_writes_its_row_while_reading_the_customer_without_a_tra
     again = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"]},
                         auth=(rp["client_id"], rp["client_secret"]))
     assert again.status_code == 200, again.get_json()
-
 
 
 def test_a_code_redeemed_after_its_consent_was_withdrawn_is_refused_and_leaves_no_live_token(app, customer, rp):
@@ -406,7 +405,7 @@ def test_a_family_revocation_that_waits_on_a_rotation_also_ends_the_token_rotate
     pending = rotation.begin()  # the rotation's statement has run, its commit has not yet happened
     if engine.dialect.name == "postgresql":
         claimed = rotation.execute(tokens._rotation(tuple(row)),
-                                   {"b_old": old["id"], "b_now": now, **{"v_" + k: v for k, v in row.items()}})
+                                   {"b_old": old["id"], "b_now": now, **tokens._bound(row)})
         assert claimed.first() is not None
     else:
         assert rotation.execute(tokens._CLAIM, {"b_old": old["id"], "b_now": now}).rowcount == 1
@@ -418,23 +417,16 @@ def test_a_family_revocation_that_waits_on_a_rotation_also_ends_the_token_rotate
         with app.app_context():
             revoked.append(tokens.revoke_family(old["family_id"]))
     revoker = threading.Thread(target=revoke)
-    revoker.start()
-    if engine.dialect.name == "postgresql":  # wait until the revocation is blocked on the claimed row
-        with engine.connect() as watch:
-            for _ in range(200):
-                waiting = watch.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE tokens%'")).scalar()
-                if waiting:
-                    break
-                time.sleep(0.02)
-            assert waiting, "the revocation never waited on the rotation"
-    else:
-        time.sleep(0.5)
-    assert revoker.is_alive()
-    pending.commit()
-    rotation.close()
-    revoker.join(30)
+    try:
+        revoker.start()
+        _wait_until_blocked(engine, "UPDATE tokens")  # on the claimed row
+        assert revoker.is_alive()
+        pending.commit()
+    finally:
+        if pending.is_active:
+            pending.rollback()
+        rotation.close()
+        revoker.join(30)
 
     assert revoked == [2]  # the claimed row, then its successor
     with engine.connect() as conn:
@@ -443,3 +435,87 @@ def test_a_family_revocation_that_waits_on_a_rotation_also_ends_the_token_rotate
     assert len(rows) == 2 and all(at is not None for _, at in rows), rows
     late = _refresh(client, auth, successor)
     assert late.status_code == 400 and late.get_json()["error"] == "invalid_grant"
+
+
+def _wait_until_blocked(engine, statement: str) -> None:
+    """Wait until a statement starting with ``statement`` waits on a lock (PostgreSQL), or half a second (SQLite,
+    where a writer waits on the database's write lock and nothing shows it)."""
+    if engine.dialect.name != "postgresql":
+        time.sleep(0.5)
+        return
+    with engine.connect() as watch:
+        for _ in range(250):
+            waiting = watch.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE :q"), {"q": statement + "%"}).scalar()
+            watch.rollback()  # a transaction sees one snapshot of pg_stat_activity: look again in a new one
+            if waiting:
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"{statement!r} never waited on a lock")
+
+
+def _redeem_during(app, customer, rp, begin, end=None):
+    """Redeem a fresh code while another transaction has run ``begin(conn)`` and not committed; once the exchange
+    waits for it, run ``end(conn)`` and commit. Returns the exchange's response and the engine."""
+    client = app.test_client()
+    _tokens(client, customer, rp)  # the client is cached: the exchange runs without a transaction, as when busy
+    code, verifier = _code(client, customer, rp)
+    with app.app_context():
+        engine = db.engine
+    other = engine.connect()
+    pending = other.begin()
+    begin(other)
+    answers = []
+    exchange = threading.Thread(target=lambda: answers.append(_redeem(app.test_client(), rp, code, verifier)))
+    try:
+        exchange.start()
+        _wait_until_blocked(engine, "WITH" if engine.dialect.name == "postgresql" else "")
+        assert exchange.is_alive(), answers and answers[0].get_json()
+        if end is not None:
+            end(other)
+        pending.commit()
+    finally:
+        if pending.is_active:
+            pending.rollback()
+        other.close()
+        exchange.join(30)
+    assert answers, "the exchange failed with an exception"
+    return answers[0], engine
+
+
+def test_a_code_exchange_during_a_withdrawal_waits_for_it_and_leaves_no_live_token(app, customer, rp):
+    """A withdrawal has deleted the app's consent rows and not yet committed when the code is redeemed. The
+    exchange must not write a token on the strength of the consent it saw before: it waits for the withdrawal,
+    then finds the consent gone and revokes its row (answering invalid_grant); it never leaves a live token that the
+    withdrawal's revocation ran too early to see. (On SQLite the embedded short-lived store already makes the
+    exchange wait, for the code.)"""
+    from app.consent.models import ConsentGrant
+    from app.oauth2.models import Token
+
+    grants, table = ConsentGrant.__table__, Token.__table__
+    mine = (table.c.user_id == customer["id"], table.c.client_id == rp["client_id"])
+    resp, engine = _redeem_during(  # what consent.service.withdraw does, in order: delete the grant, revoke, commit
+        app, customer, rp,
+        lambda conn: conn.execute(grants.delete().where(grants.c.user_id == customer["id"],
+                                                        grants.c.client_id == rp["client_id"])),
+        lambda conn: conn.execute(table.update().where(*mine, table.c.revoked_at.is_(None))
+                                  .values(revoked_at=int(time.time()))))
+    assert resp.status_code == 400 and resp.get_json()["error"] == "invalid_grant", resp.get_json()
+    with engine.connect() as conn:
+        live = conn.execute(sa.select(sa.func.count()).select_from(table).where(table.c.revoked_at.is_(None))).scalar()
+    assert live == 0
+
+
+def test_a_code_exchange_during_an_erasure_gets_invalid_grant_and_writes_nothing(app, customer, rp):
+    """The customer is being erased when their code is redeemed: the exchange saw them, but the token row's
+    reference fails once the erasure commits. The answer is invalid_grant, never a 500, and no row remains."""
+    from app.accounts.models import User
+    from app.oauth2.models import Token
+
+    users = User.__table__
+    resp, engine = _redeem_during(app, customer, rp,
+                                  lambda conn: conn.execute(users.delete().where(users.c.id == customer["id"])))
+    assert resp.status_code == 400 and resp.get_json()["error"] == "invalid_grant", resp.get_json()
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(Token.__table__)).scalar() == 0

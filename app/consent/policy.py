@@ -28,6 +28,19 @@ def grants_of(user_id, client_id):
             .scalar_subquery())
 
 
+def grants_held(user_id, client_id):
+    """``grants_of``, reading the consent rows with a lock (FOR KEY SHARE; PostgreSQL) held until the statement's
+    transaction ends. A withdrawal deletes those rows, so it waits for a statement that holds them, and a statement
+    that comes while a withdrawal is under way waits for it and then finds the rows gone. For a statement that
+    writes tokens on the strength of the consent it reads (a code exchange): either the withdrawal's revocation
+    sees the new tokens, or the statement sees the withdrawal. Bound values only (a CTE is not correlated).
+    """
+    held = (sa.select(ConsentGrant.item)
+            .where(ConsentGrant.user_id == user_id, ConsentGrant.client_id == client_id)
+            .with_for_update(read=True, key_share=True).cte("held"))
+    return sa.select(sa.func.aggregate_strings(held.c.item, " ")).scalar_subquery()
+
+
 def split(items: str | None) -> set[str]:
     """The value of a ``grants_of`` column as a set of items."""
     return set(items.split()) if items else set()
@@ -84,6 +97,11 @@ def purposes_claim(user_id: int, client, scope: str) -> dict | None:
             ConsentGrant.user_id == user_id, ConsentGrant.client_id == client.client_id,
             ConsentGrant.item.in_(wanted))).all()
     return {item: {"granted_at": at} for item, at in rows}
+
+
+def allows_all(user, client, scopes: list[str], granted: set[str] | None = None) -> bool:
+    """Whether the customer still allows ``client`` every one of ``scopes`` (a code or device code redeemed)."""
+    return len(still_granted(user, client, scopes, granted)) == len(scopes)
 
 
 def still_granted(user, client, scopes: list[str], granted: set[str] | None = None) -> list[str]:

@@ -16,7 +16,6 @@ from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc8628 import DeviceCodeGrant as _Base
 
 from ..consent import policy as consent_policy
-from ..extensions import db
 from ..oauth2.models import AUTH_METHODS
 from ..oauth2.server import IssueFromContext
 from . import state
@@ -48,7 +47,7 @@ class DeviceCodeGrant(IssueFromContext, _Base):
     @hooked
     def create_token_response(self):
         client, user, scope = self.request.client, self.request.user, self.request.credential["scope"]
-        if len(consent_policy.still_granted(user, client, scope.split(), self.request.granted)) < len(scope.split()):
+        if not consent_policy.allows_all(user, client, scope.split(), self.request.granted):
             raise InvalidGrantError("The customer withdrew consent for this app.")
         include_refresh = "offline_access" in scope.split() and client.check_grant_type("refresh_token")
         token = self.generate_token(user=user, scope=scope, include_refresh_token=include_refresh)

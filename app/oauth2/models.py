@@ -143,7 +143,8 @@ class Token(db.Model):
         return self.client_id == client.client_id
 
     def get_scope(self) -> str:
-        """The refresh token's scope: what a refresh may ask for, and gets when it asks for nothing."""
+        """The refresh token's scope: what a refresh may ask for, and gets when it asks for nothing (Authlib's
+        refresh grant calls this). Never the access token's: that is ``scope``, which may be narrower."""
         return self.scope if self.refresh_scope is None else self.refresh_scope
 
     # used by Authlib's introspection endpoint; ``kind`` is set by the endpoint's lookup

@@ -24,6 +24,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
 from flask import current_app, request
 
+from .. import observability
 from ..consent import policy as consent_policy
 from ..extensions import db, without_transaction
 from . import clients, codes, tokens
@@ -168,9 +169,10 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     @hooked
     def create_token_response(self):
-        """The token row is written in the statement that reads the customer and their consent (one round trip on
-        PostgreSQL, without a transaction), and the access token is signed once the customer is known. If the
-        customer is gone nothing is written; if they withdrew consent meanwhile, the row just written is revoked."""
+        """The token row is written with the read of the customer and their consent (one statement on PostgreSQL,
+        without a transaction), and the access token is signed once the customer is known. If the customer is gone
+        nothing is written; if the read finds the consent withdrawn, the row just written is revoked, and a
+        withdrawal that comes later revokes it itself (``tokens.save_with_customer``)."""
         code, client = self.request.authorization_code, self.request.client
         include_refresh = "offline_access" in code.scope.split() and client.check_grant_type("refresh_token")
         family_id, ctx = self.token_context()
@@ -181,11 +183,11 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         user, self.request.granted = tokens.save_with_customer(row, client)
         if user is None:
             raise InvalidGrantError("The customer of this code no longer exists.")
-        scopes = code.scope.split()
-        if len(consent_policy.still_granted(user, client, scopes, self.request.granted)) < len(scopes):
+        if not consent_policy.allows_all(user, client, code.scope.split(), self.request.granted):
             tokens.revoke_family(family_id)
             raise InvalidGrantError("The customer withdrew consent for this app.")
         self.request.user, self.request.issued_context = user, ctx
+        observability.count_token(self.GRANT_TYPE)
         return 200, tokens.finish(claims, response, user.sub), self.TOKEN_RESPONSE_HEADER
 
 
@@ -238,8 +240,10 @@ class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
                                              self.request.granted)
         if "offline_access" not in grant:
             raise InvalidGrantError("The customer no longer allows this app to stay connected.")
-        asked = self.request.payload.scope
-        scope = [s for s in asked.split() if s in grant] if asked else grant
+        asked = list(dict.fromkeys((self.request.payload.scope or "").split()))  # in order, once each
+        scope = [s for s in asked if s in grant] if asked else grant
+        if not scope:
+            raise InvalidScopeError("The customer no longer allows this app what it asked for.")
         return self.generate_token(user=user, scope=" ".join(scope), include_refresh_token=True,
                                    refresh_scope=" ".join(grant))
 

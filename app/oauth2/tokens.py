@@ -60,6 +60,15 @@ _REFRESH_ROW = (db.select(Token, User, policy.grants_of(Token.user_id, Token.cli
                 .outerjoin(User, User.id == Token.user_id).where(Token.refresh_hash == sa.bindparam("b_hash")))
 
 
+def _row_values(columns: tuple[str, ...]):
+    """A SELECT of a token row's values as bound parameters (``v_<column>``, see ``_bound``), for INSERT … SELECT."""
+    return sa.select(*(sa.bindparam("v_" + c, type_=_TOKENS.c[c].type) for c in columns))
+
+
+def _bound(row: dict) -> dict:
+    return {"v_" + k: v for k, v in row.items()}
+
+
 @functools.cache
 def _rotation(columns: tuple[str, ...]):
     """PostgreSQL: claim the old refresh token and insert its successor's row in one statement.
@@ -69,7 +78,7 @@ def _rotation(columns: tuple[str, ...]):
     columns (``mint`` always makes the same ones for a refresh).
     """
     claimed = _CLAIM.returning(_TOKENS.c.id).cte("claimed")
-    new = sa.select(*(sa.bindparam("v_" + c, type_=_TOKENS.c[c].type) for c in columns)).select_from(claimed)
+    new = _row_values(columns).select_from(claimed)
     return _TOKENS.insert().from_select(list(columns), new).returning(_TOKENS.c.id)
 
 
@@ -153,40 +162,44 @@ def _insert_with_customer(columns: tuple[str, ...]):
     """PostgreSQL: insert a token row for a customer who exists and read them with their consent, in one statement.
 
     A data-modifying CTE (run once, whether or not the outer query reads it); the INSERT selects from ``users``,
-    so nothing is written for a customer who is gone. Built once per set of columns."""
+    so nothing is written for a customer who is gone. The consent rows are read under a lock
+    (``policy.grants_held``), so a withdrawal either waits for this statement, and then its revocation sees the
+    new row, or is seen by it. Built once per set of columns."""
     users = User.__table__
-    values = (sa.select(*(sa.bindparam("v_" + c, type_=_TOKENS.c[c].type) for c in columns))
-              .select_from(users).where(users.c.id == sa.bindparam("b_user")))
+    values = _row_values(columns).select_from(users).where(users.c.id == sa.bindparam("b_user"))
     saved = _TOKENS.insert().from_select(list(columns), values).returning(_TOKENS.c.id).cte("saved")
-    return policy.CUSTOMER_WITH_GRANTS.add_columns(sa.select(sa.func.count()).select_from(saved).scalar_subquery())
+    return sa.select(User, policy.grants_held(sa.bindparam("b_user"), sa.bindparam("b_client")),
+                     sa.select(sa.func.count()).select_from(saved).scalar_subquery()
+                     ).where(User.id == sa.bindparam("b_user"))
+
+
+def _customer_gone(error: sa.exc.IntegrityError) -> bool:
+    """A foreign-key failure: the token row's customer was erased while it was being written."""
+    return (getattr(error.orig, "sqlstate", None) == "23503"  # PostgreSQL foreign_key_violation
+            or "FOREIGN KEY constraint failed" in str(error.orig))  # SQLite
 
 
 def save_with_customer(row: dict, client) -> tuple[User | None, set[str]]:
     """Write ``row`` (a customer's new tokens) and read that customer with the items they allow ``client``; (None,
     set()) and nothing written if they are gone.
 
-    One statement on PostgreSQL (``_insert_with_customer``); on SQLite the read, then the insert. The caller runs
-    without a transaction (``without_transaction``), so the row is durable at once; if what it reads forbids the
-    tokens (a withdrawn consent), it revokes them.
+    The caller runs without a transaction (``without_transaction``), so the row is durable at once, and revokes it
+    if what was read forbids the tokens (a withdrawn consent). On PostgreSQL one statement
+    (``_insert_with_customer``). On SQLite the insert, then the read: writers queue there, so a withdrawal either
+    committed before the insert, and the read sees it, or starts after it, and its revocation sees the row.
     """
-    params = {"b_user": row["user_id"], "b_client": client.client_id}
     try:
         if db.session.get_bind().dialect.name == "postgresql":
             found = db.session.execute(_insert_with_customer(tuple(row)),
-                                       {**params, **{"v_" + k: v for k, v in row.items()}}).first()
-            if found is None:
-                return None, set()
-            user, granted = found[0], policy.split(found[1])
-        else:
-            user, granted = policy.customer_with_grants(row["user_id"], client)
-            if user is None:
-                return None, set()
-            db.session.execute(_INSERT, row)
-    except sa.exc.IntegrityError:  # the customer was erased while the statement ran: the row's reference failed
+                                       {"b_user": row["user_id"], "b_client": client.client_id, **_bound(row)}).first()
+            return (None, set()) if found is None else (found[0], policy.split(found[1]))
+        db.session.execute(_INSERT, row)
+    except sa.exc.IntegrityError as error:
+        if not _customer_gone(error):
+            raise
         db.session.rollback()
         return None, set()
-    observability.count_token(row["grant_type"])
-    return user, granted
+    return policy.customer_with_grants(row["user_id"], client)
 
 
 def rotate(old_id: str, as_of: int, row: dict) -> bool:
@@ -199,7 +212,7 @@ def rotate(old_id: str, as_of: int, row: dict) -> bool:
     params = {"b_old": old_id, "b_now": as_of}
     if db.session.get_bind().dialect.name == "postgresql":
         claimed = db.session.execute(
-            _rotation(tuple(row)), {**params, **{"v_" + k: v for k, v in row.items()}}).first() is not None
+            _rotation(tuple(row)), {**params, **_bound(row)}).first() is not None
     else:
         # SQLite has no data-modifying CTE: the claim, then the insert, in one transaction that the token endpoint
         # commits. Committing first ends the read (and its snapshot), so that the claim opens the write
@@ -361,7 +374,7 @@ def revoke_where(*conditions) -> int:
     statement = db.update(Token).where(*conditions, Token.revoked_at.is_(None)).execution_options(
         synchronize_session=False)
     now, total = int(time.time()), 0
-    while changed := db.session.execute(statement.values(revoked_at=now)).rowcount:
+    while (changed := db.session.execute(statement.values(revoked_at=now)).rowcount) > 0:
         total += changed
     return total
 
