@@ -183,6 +183,27 @@ def test_deny_gives_access_denied(app, client, tv, customer):
     assert enter_code(browser, data["user_code"]).status_code == 400
 
 
+def test_an_approved_device_code_redeemed_after_a_withdrawal_gets_invalid_grant_and_no_live_token(
+        app, client, tv, customer):
+    """The device code is exchanged like an authorization code: the token row is written with the read of the
+    customer's consent, and revoked at once when that consent is gone."""
+    from app.accounts.models import User
+    from app.consent import service
+    from app.extensions import db
+    from app.oauth2.models import Token
+
+    data = start(client, tv)
+    browser = Customer(app.test_client(), customer["email"], customer["password"])
+    assert decide(browser, sign_in_to_confirmation(browser, data["user_code"]), "allow").status_code == 200
+    with app.app_context():
+        service.withdraw(db.session.get(User, customer["id"]), tv["client_id"])
+    assert error_of(poll(client, tv, data["device_code"])) == (400, "invalid_grant")
+    with app.app_context():
+        live = db.session.execute(db.select(db.func.count()).select_from(Token).where(
+            Token.client_id == tv["client_id"], Token.revoked_at.is_(None))).scalar()
+    assert live == 0
+
+
 def test_short_lifetime_gives_expired_token_and_a_clear_page(make_app):
     app = make_app(IDP_DEVICE_CODE_TTL=3)
     from app.accounts.service import create_user

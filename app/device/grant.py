@@ -11,17 +11,16 @@ and sid — never a nonce, which this flow does not have.
 
 from __future__ import annotations
 
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, UnsupportedGrantTypeError
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedGrantTypeError
 from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc8628 import DeviceCodeGrant as _Base
 
-from ..consent import policy as consent_policy
 from ..oauth2.models import AUTH_METHODS
-from ..oauth2.server import IssueFromContext
+from ..oauth2.server import IssueForCustomer
 from . import state
 
 
-class DeviceCodeGrant(IssueFromContext, _Base):
+class DeviceCodeGrant(IssueForCustomer, _Base):
     TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
 
     def validate_token_request(self):
@@ -33,12 +32,7 @@ class DeviceCodeGrant(IssueFromContext, _Base):
         if not device_code:
             raise InvalidRequestError("Missing device_code")
         self.request.client = client
-        decision = state.poll(device_code, client.client_id)
-        user, self.request.granted = consent_policy.customer_with_grants(decision["user_id"], client)
-        if user is None:
-            raise InvalidGrantError("The customer of this device code no longer exists.")
-        self.request.user = user
-        self.request.credential = decision
+        self.request.credential = state.poll(device_code, client.client_id)  # the customer's decision
 
     def token_context(self):
         d = self.request.credential
@@ -46,9 +40,8 @@ class DeviceCodeGrant(IssueFromContext, _Base):
 
     @hooked
     def create_token_response(self):
-        client, user, scope = self.request.client, self.request.user, self.request.credential["scope"]
-        if not consent_policy.allows_all(user, client, scope.split(), self.request.granted):
-            raise InvalidGrantError("The customer withdrew consent for this app.")
-        include_refresh = "offline_access" in scope.split() and client.check_grant_type("refresh_token")
-        token = self.generate_token(user=user, scope=scope, include_refresh_token=include_refresh)
-        return 200, token, self.TOKEN_RESPONSE_HEADER
+        decision = self.request.credential
+        scope = decision["scope"]
+        include_refresh = "offline_access" in scope.split() and self.request.client.check_grant_type("refresh_token")
+        return self.issue_for_customer(decision["user_id"], scope, include_refresh,
+                                       "The customer of this device code no longer exists.")

@@ -151,7 +151,36 @@ class IssueFromContext:
         tokens.save(row, grant_type)
 
 
-class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+class IssueForCustomer:
+    """Tokens for a customer on the strength of a code they approved (the code and device-code grants).
+
+    The token row is written with the read of the customer and their consent (``tokens.save_with_customer``: one
+    statement on PostgreSQL, without a transaction), and the access token is signed once the customer is known.
+    If the customer is gone nothing is written; if the read finds the consent withdrawn, the row just written is
+    revoked; a withdrawal under way and this write wait for each other, so neither misses the other.
+    """
+
+    def token_context(self) -> tuple[str, dict]:
+        raise NotImplementedError
+
+    def issue_for_customer(self, user_id: int, scope: str, include_refresh: bool, gone: str):
+        client = self.request.client
+        family_id, ctx = self.token_context()
+        claims, response, row = tokens.draft(client=client, user_id=user_id, scope=scope, grant_type=self.GRANT_TYPE,
+                                             family_id=family_id, include_refresh=include_refresh, context=ctx)
+        without_transaction()  # its only write is the token row
+        user, self.request.granted = tokens.save_with_customer(row, client)
+        if user is None:
+            raise InvalidGrantError(gone)
+        if not consent_policy.allows_all(user, client, scope.split(), self.request.granted):
+            tokens.revoke_family(family_id)
+            raise InvalidGrantError("The customer withdrew consent for this app.")
+        self.request.user, self.request.issued_context = user, ctx
+        observability.count_token(self.GRANT_TYPE)
+        return 200, tokens.finish(claims, response, user.sub), self.TOKEN_RESPONSE_HEADER
+
+
+class AuthorizationCodeGrant(IssueForCustomer, grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
 
     def query_authorization_code(self, code, client):
@@ -169,26 +198,11 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     @hooked
     def create_token_response(self):
-        """The token row is written with the read of the customer and their consent (one statement on PostgreSQL,
-        without a transaction), and the access token is signed once the customer is known. If the customer is gone
-        nothing is written; if the read finds the consent withdrawn, the row just written is revoked, and a
-        withdrawal that comes later revokes it itself (``tokens.save_with_customer``)."""
-        code, client = self.request.authorization_code, self.request.client
-        include_refresh = "offline_access" in code.scope.split() and client.check_grant_type("refresh_token")
-        family_id, ctx = self.token_context()
-        claims, response, row = tokens.draft(client=client, user_id=code.user_id, scope=code.scope,
-                                             grant_type=self.GRANT_TYPE, family_id=family_id,
-                                             include_refresh=include_refresh, context=ctx)
-        without_transaction()  # its only write is the token row
-        user, self.request.granted = tokens.save_with_customer(row, client)
-        if user is None:
-            raise InvalidGrantError("The customer of this code no longer exists.")
-        if not consent_policy.allows_all(user, client, code.scope.split(), self.request.granted):
-            tokens.revoke_family(family_id)
-            raise InvalidGrantError("The customer withdrew consent for this app.")
-        self.request.user, self.request.issued_context = user, ctx
-        observability.count_token(self.GRANT_TYPE)
-        return 200, tokens.finish(claims, response, user.sub), self.TOKEN_RESPONSE_HEADER
+        code = self.request.authorization_code
+        include_refresh = "offline_access" in code.scope.split() and self.request.client.check_grant_type(
+            "refresh_token")
+        return self.issue_for_customer(code.user_id, code.scope, include_refresh,
+                                       "The customer of this code no longer exists.")
 
 
 class RefreshTokenGrant(IssueFromContext, grants.RefreshTokenGrant):
