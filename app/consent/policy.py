@@ -46,10 +46,9 @@ def split(items: str | None) -> set[str]:
     return set(items.split()) if items else set()
 
 
-# The token endpoint reads a customer and their consent to the calling app on every code exchange, refresh
-# and device poll: one statement, built once.
-#: The customer (``b_user``) and the items they allow an app (``b_client``): one row, or none if they are gone.
-CUSTOMER_WITH_GRANTS = sa.select(User, grants_of(User.id, sa.bindparam("b_client"))).where(
+# A customer (``b_user``) and the items they allow an app (``b_client``): one statement, built once. (On
+# PostgreSQL a code exchange reads them in the statement that writes its token row: tokens.save_with_customer.)
+_CUSTOMER_WITH_GRANTS = sa.select(User, grants_of(User.id, sa.bindparam("b_client"))).where(
     User.id == sa.bindparam("b_user"))
 
 
@@ -57,7 +56,7 @@ def customer_with_grants(user_id: int | None, client) -> tuple[User | None, set[
     """The customer and the items they allow ``client``, in one round trip; (None, set()) if they are gone."""
     if user_id is None:
         return None, set()
-    found = db.session.execute(CUSTOMER_WITH_GRANTS, {"b_user": user_id, "b_client": client.client_id}).first()
+    found = db.session.execute(_CUSTOMER_WITH_GRANTS, {"b_user": user_id, "b_client": client.client_id}).first()
     return (None, set()) if found is None else (found[0], split(found[1]))
 
 

@@ -7,9 +7,8 @@ import time
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _Revocation
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _Introspection
 
-from ..accounts.models import User
 from ..consent import policy
-from ..extensions import db, without_transaction
+from ..extensions import without_transaction
 from . import tokens
 from .models import AUTH_METHODS, Token
 
@@ -28,7 +27,7 @@ def _find(value: str, hint: str | None, autocommit: bool = False) -> tuple[Token
         else:
             if autocommit:
                 without_transaction()
-            row = tokens.by_refresh_token(value)
+            row = tokens.refresh_row(value)  # with its customer, as access_row reads an access token's
         if row is not None:
             row.kind = kind
             return row, kind
@@ -65,10 +64,7 @@ class IntrospectionEndpoint(_Introspection):
         active = token.access_active(now) if token.kind == "access_token" else token.refresh_active(now)
         if not active:
             return {"active": False}
-        if token.kind == "access_token":
-            user = token.customer  # loaded with the row (tokens.access_row)
-        else:
-            user = db.session.get(User, token.user_id) if token.user_id else None
+        user = token.customer  # read with the row (tokens.access_row, tokens.refresh_row)
         exp = token.access_expires_at if token.kind == "access_token" else token.refresh_expires_at
         scope = token.scope if token.kind == "access_token" else token.get_scope()
         body = {

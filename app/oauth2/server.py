@@ -112,7 +112,8 @@ class Server(AuthorizationServer):
         return super().authenticate_client(req, methods, endpoint)
 
     def save_token(self, token, req):
-        pass  # generate_token writes the row (tokens.save; a refresh: tokens.rotate); create_token_response commits
+        pass  # each grant writes its row: tokens.save (generate_token), save_with_customer (a code), rotate (a
+        # refresh); create_token_response commits
 
     def validate_requested_scope(self, scope):
         pass  # each grant checks scope against what was granted

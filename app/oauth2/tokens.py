@@ -271,14 +271,6 @@ def verify_id_token_hint(value: str) -> dict | None:
     return token.claims
 
 
-def by_refresh_token(value: str) -> Token | None:
-    if not value or len(value) > 256:
-        return None
-    return db.session.execute(
-        db.select(Token).filter_by(refresh_hash=keyed_hash(value, "refresh"))
-    ).scalar_one_or_none()
-
-
 def refresh_row(value: str) -> Token | None:
     """The row of a refresh token, whatever its state, with ``row.customer`` (a ``User``, or None if they are
     gone) and ``row.granted`` (the items they allow its app now), in one round trip; None if unknown."""
