@@ -10,7 +10,8 @@ userinfo, and the ceiling.
 `--only=NAME[,NAME…]` measures only those cases; `--rounds=K` sets the number of rounds (default 3);
 `--codes=M` mints M codes ahead (code exchange and refresh use N per round each).
 `--profile=NAME` (e.g. `--profile=code_exchange`) instead runs that one case N times under cProfile and
-prints the functions that cost the most CPU, by own time and by cumulative time.
+prints the functions that cost the most CPU, by own time and by cumulative time; `--profile-out=FILE`
+also saves the profile for `pstats` (to see who calls what).
 
 On a machine with noisy neighbours, count instructions instead of seconds: run the same case under
 `valgrind --tool=callgrind` with two values of N, one round and the same `--codes`, `PYTHONHASHSEED=0` and a key ring made
@@ -126,6 +127,8 @@ try:
         for i in range(N):
             call(values[i]) if values else call()
         prof.disable()
+        if OPTS.get("profile-out"):
+            prof.dump_stats(OPTS["profile-out"])
         stats = pstats.Stats(prof)
         stats.sort_stats("tottime").print_stats(30)
         stats.sort_stats("cumulative").print_stats(60)
