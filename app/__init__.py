@@ -69,10 +69,11 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     app.jinja_env.globals["get_locale"] = get_locale
     if app.config.get("IDP_TRUSTED_PROXIES"):
-        from werkzeug.middleware.proxy_fix import ProxyFix
+        from .config import trusted_proxy_networks
+        from .http import TrustedProxies
 
-        n = int(app.config["IDP_TRUSTED_PROXIES"])
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)
+        app.wsgi_app = TrustedProxies(app.wsgi_app, int(app.config["IDP_TRUSTED_PROXIES"]),
+                                      trusted_proxy_networks(app.config))
     return app
 
 

@@ -49,6 +49,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Database URL. Default: SQLite in the instance folder. Production: postgresql+psycopg://…"),
     Setting("REDIS_URL", "REDIS_URL", None, _str,
             "Redis URL for short-lived state and rate-limit counters. Unset: the embedded store in the database."),
+    Setting("IDP_REDIS_TIMEOUT", "IDP_REDIS_TIMEOUT", 5.0, float,
+            "Seconds a Redis connect or reply may take before the request fails (instead of hanging its thread)."),
+    Setting("IDP_DB_POOL_SIZE", "IDP_DB_POOL_SIZE", 10, _int,
+            "PostgreSQL connections each app process keeps open (idle ones stay in its pool)."),
+    Setting("IDP_DB_MAX_OVERFLOW", "IDP_DB_MAX_OVERFLOW", 10, _int,
+            "Extra PostgreSQL connections a process may open beyond IDP_DB_POOL_SIZE under a burst (closed after)."),
     Setting("IDP_KEYS_DIR", "IDP_KEYS_DIR", str(ROOT / "keys"), _str,
             "Folder of the signing key ring (keyring.json and one private JWK file per key, mode 0600)."),
     Setting("IDP_KEYS_STORE", "IDP_KEYS_STORE", "files", _str,
@@ -77,8 +83,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IDP_RATELIMIT_TOKEN", "IDP_RATELIMIT_TOKEN", "600 per minute", _str,
             "Rate limit of token, introspection and revocation requests per client IP address."),
     Setting("RATELIMIT_ENABLED", "IDP_RATELIMIT_ENABLED", True, _bool, "Turn rate limiting on or off."),
+    Setting("RATELIMIT_STORAGE_URI", "IDP_RATELIMIT_STORAGE_URI", None, _str,
+            "Where rate-limit counters live. Default: REDIS_URL (shared by every process and node); without Redis, "
+            "only in development mode, each process's memory."),
     Setting("IDP_TRUSTED_PROXIES", "IDP_TRUSTED_PROXIES", 0, _int,
             "Number of reverse proxies in front whose X-Forwarded-For/-Proto headers are believed."),
+    Setting("IDP_TRUSTED_PROXY_ADDRESSES", "IDP_TRUSTED_PROXY_ADDRESSES", "", _str,
+            "Comma-separated addresses or CIDRs of those proxies: forwarded headers are believed only on a "
+            "connection from one of them. Required when IDP_TRUSTED_PROXIES is above 0."),
     Setting("IDP_PURPOSES_FILE", "IDP_PURPOSES_FILE", str(ROOT / "app" / "purposes.json"), _str,
             "JSON file of brand purposes (id → title and description in en/tr, required, sale_or_sharing, "
             "lawful_basis)."),
@@ -136,7 +148,7 @@ def load(overrides: dict | None, instance_path: str) -> dict:
     cfg["IDP_DEV_MODE"] = issuer.scheme == "http" and issuer.hostname in {"localhost", "127.0.0.1"}
     secure = issuer.scheme == "https"
     cfg.update(
-        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(cfg["SQLALCHEMY_DATABASE_URI"]),
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(cfg),
         SQLALCHEMY_TRACK_MODIFICATIONS=False,
         SESSION_COOKIE_NAME="idp_flask",
         SESSION_COOKIE_HTTPONLY=True,
@@ -150,19 +162,39 @@ def load(overrides: dict | None, instance_path: str) -> dict:
         BABEL_DEFAULT_LOCALE="en",
         BABEL_TRANSLATION_DIRECTORIES=str(ROOT / "app" / "translations"),
         IDP_LOCALES=("en", "tr"),
+        IDP_RATELIMIT_STORAGE_EXPLICIT=bool(cfg.get("RATELIMIT_STORAGE_URI")),
         RATELIMIT_STORAGE_URI=cfg.get("RATELIMIT_STORAGE_URI") or cfg.get("REDIS_URL") or "memory://",
+        RATELIMIT_STORAGE_OPTIONS=redis_options(cfg) if cfg.get("REDIS_URL") and not cfg.get("RATELIMIT_STORAGE_URI")
+        else {},
         RATELIMIT_HEADERS_ENABLED=True,
         PREFERRED_URL_SCHEME=issuer.scheme,
     )
     return cfg
 
 
-def _engine_options(url: str) -> dict:
-    if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 15}}
+def _engine_options(cfg: dict) -> dict:
+    # hide_parameters: a failed statement's error (and so a logged exception) shows the SQL without its bound
+    # values, which may be a password hash, an email address or a token hash.
+    if cfg["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        return {"connect_args": {"timeout": 15}, "hide_parameters": True}
     # No pre-ping (a SELECT 1 before every request); connections are recycled instead, and a connection
     # that died meanwhile fails one request and is replaced.
-    return {"pool_recycle": 1800, "pool_size": 10, "max_overflow": 10}
+    return {"pool_recycle": 1800, "pool_size": int(cfg["IDP_DB_POOL_SIZE"]),
+            "max_overflow": int(cfg["IDP_DB_MAX_OVERFLOW"]), "hide_parameters": True}
+
+
+def redis_options(cfg) -> dict:
+    """Keyword arguments of every Redis client of the app: a dead or stalled Redis fails a request in bounded time."""
+    timeout = float(cfg.get("IDP_REDIS_TIMEOUT") or 5)
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "health_check_interval": 30}
+
+
+def trusted_proxy_networks(cfg) -> list:
+    """IDP_TRUSTED_PROXY_ADDRESSES as ip_network objects (ValueError on a malformed entry)."""
+    import ipaddress
+
+    return [ipaddress.ip_network(part.strip(), strict=False)
+            for part in str(cfg.get("IDP_TRUSTED_PROXY_ADDRESSES") or "").split(",") if part.strip()]
 
 
 class ConfigError(RuntimeError):
@@ -181,3 +213,18 @@ def validate(cfg: dict) -> None:
             raise ConfigError("SECRET_KEY must be set to a random value of at least 32 characters")
     if cfg["IDP_ACCESS_TOKEN_ALG"] not in ("RS256", "ES256"):
         raise ConfigError("IDP_ACCESS_TOKEN_ALG must be RS256 or ES256")
+    if not cfg["IDP_DEV_MODE"] and cfg.get("RATELIMIT_ENABLED") and cfg["RATELIMIT_STORAGE_URI"] == "memory://" \
+            and not cfg.get("IDP_RATELIMIT_STORAGE_EXPLICIT"):
+        raise ConfigError("rate limiting needs REDIS_URL outside development mode: counters in each process's "
+                          "memory would let a client make the limit's worth of attempts on every worker and node "
+                          "(IDP_RATELIMIT_STORAGE_URI=memory:// accepts that explicitly)")
+    hops = int(cfg.get("IDP_TRUSTED_PROXIES") or 0)
+    try:
+        networks = trusted_proxy_networks(cfg)
+    except ValueError as error:
+        raise ConfigError(f"IDP_TRUSTED_PROXY_ADDRESSES: {error}") from None
+    if hops < 0:
+        raise ConfigError("IDP_TRUSTED_PROXIES must be 0 or more")
+    if hops and not networks:
+        raise ConfigError("IDP_TRUSTED_PROXIES is set: IDP_TRUSTED_PROXY_ADDRESSES must name the proxies' addresses "
+                          "or CIDRs (forwarded headers from any other peer would let clients forge their address)")

@@ -27,7 +27,8 @@ What is set and why:
 * **forwarded_allow_ips**: only from ``GUNICORN_FORWARDED_ALLOW_IPS`` (the proxies' addresses or CIDRs,
   comma-separated). Unset means "nobody": gunicorn then ignores ``X-Forwarded-Proto`` and friends from
   every peer (its own default would trust 127.0.0.1, or whatever the generic ``FORWARDED_ALLOW_IPS`` says).
-  The app's own ``IDP_TRUSTED_PROXIES`` decides separately how many ``X-Forwarded-For`` hops it believes;
+  It governs only those scheme headers: ``X-Forwarded-For`` reaches the app, which believes
+  ``IDP_TRUSTED_PROXIES`` hops of it only on connections from ``IDP_TRUSTED_PROXY_ADDRESSES``;
   neither changes the issuer, which is always ``IDP_ISSUER`` and never follows ``Host``.
 * **accesslog** to stdout (``GUNICORN_ACCESSLOG``; ``-`` = stdout, empty = off) in a format that logs the
   request *path only*: no query string (``%(q)s``, or ``%(r)s``/``%(U)s%(q)s`` which contain it) — query

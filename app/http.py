@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from urllib.parse import urlsplit
 
@@ -10,8 +11,40 @@ from flask.sessions import SecureCookieSessionInterface
 
 
 def client_ip() -> str:
-    """The client's address. X-Forwarded-For is honoured only via ProxyFix (IDP_TRUSTED_PROXIES)."""
+    """The client's address. X-Forwarded-For is honoured only via ``TrustedProxies`` (IDP_TRUSTED_PROXIES)."""
     return request.remote_addr or "unknown"
+
+
+class TrustedProxies:
+    """werkzeug's ProxyFix (``hops`` proxies' X-Forwarded-For and X-Forwarded-Proto), applied only to a connection
+    from one of ``networks``.
+
+    ProxyFix alone believes the headers from whoever connects: a client that reaches a node directly (a port
+    left open, a misrouted request) would choose its own address, and so its rate limits and audit records.
+    gunicorn's ``forwarded_allow_ips`` does not prevent that: it only governs the scheme headers. On any other
+    connection the headers are ignored and the peer's address is the client's.
+    """
+
+    def __init__(self, app, hops: int, networks: list):
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        self.app = app
+        self.fixed = ProxyFix(app, x_for=hops, x_proto=hops)
+        self.networks = tuple(networks)
+
+    def trusted(self, addr: str | None) -> bool:
+        try:
+            peer = ipaddress.ip_address((addr or "").split("%", 1)[0])
+        except ValueError:
+            return False
+        if peer.version == 6 and peer.ipv4_mapped:  # ::ffff:10.0.0.1 from a dual-stack socket
+            peer = peer.ipv4_mapped
+        return any(peer in net for net in self.networks)
+
+    def __call__(self, environ, start_response):
+        if self.trusted(environ.get("REMOTE_ADDR")):
+            return self.fixed(environ, start_response)
+        return self.app(environ, start_response)
 
 
 def csp_nonce() -> str:

@@ -21,8 +21,9 @@ tunes them:
   query string, which carries authorization codes, ``state``, device user codes and ``id_token_hint`` —
   and no request headers.
 
-granian ignores ``X-Forwarded-*`` headers altogether; the app's ``IDP_TRUSTED_PROXIES`` decides how many
-``X-Forwarded-For`` hops it believes, and the issuer is always ``IDP_ISSUER``, never ``Host``.
+granian ignores ``X-Forwarded-*`` headers altogether; the app believes ``IDP_TRUSTED_PROXIES`` hops of
+``X-Forwarded-For`` only on connections from ``IDP_TRUSTED_PROXY_ADDRESSES``, and the issuer is always
+``IDP_ISSUER``, never ``Host``.
 """
 
 from __future__ import annotations
