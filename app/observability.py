@@ -200,7 +200,10 @@ def metrics():
 # -- logs --------------------------------------------------------------------------------------------------------------
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
+# Any address: non-ASCII local parts and domains, and hosts without a dot (bob@localhost) too.
+_EMAIL = re.compile(r"([\w.%+-])[\w.%+-]*@([\w-]+(?:\.[\w-]+)*)")
+# A PHC-format argon2 hash: its salt and digest are standard base64 (with + and /), which _LONG_TOKEN would split.
+_PASSWORD_HASH = re.compile(r"\$argon2(?:id|i|d)\$[A-Za-z0-9+/=,$.-]*")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 # 40+ URL-safe characters with a digit or a capital: refresh tokens, codes, secrets (random_token(32) is 43 characters).
 # Shorter public identifiers (sub UUIDs, sid, client_id, jti) stay readable.
@@ -208,10 +211,11 @@ _LONG_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*[0-9A-Z])[A-Za-z0-
 
 
 def mask(text: str) -> str:
-    """Mask JWTs, long random tokens and email addresses (``a***@example.com``)."""
+    """Mask JWTs, password hashes, long random tokens and email addresses (``a***@example.com``)."""
     if not text:
         return text
     text = _JWT.sub("[jwt]", text)
+    text = _PASSWORD_HASH.sub("[password-hash]", text)
     text = _LONG_TOKEN.sub("[token]", text)
     return _EMAIL.sub(r"\1***@\2", text)
 
