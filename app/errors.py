@@ -41,6 +41,21 @@ def _wants_json() -> bool:
     return request.path.startswith(JSON_PREFIXES)
 
 
+def is_outage(e: BaseException) -> bool:
+    """A backing service is unreachable, stalled or busy (not a defect): Redis connection or timeout errors, and the
+    database's operational errors (connection lost, pool exhausted, deadlock, lock timeout)."""
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    if isinstance(e, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, sqlalchemy.exc.TimeoutError)):
+        return True
+    if isinstance(e, sqlalchemy.exc.OperationalError):
+        if type(e.orig).__module__.startswith("sqlite3"):  # SQLite's also covers schema errors: only a busy file
+            return "locked" in str(e.orig) or "busy" in str(e.orig)
+        return True  # PostgreSQL (psycopg): connection lost or refused, deadlock, lock or statement timeout
+    return False
+
+
 def register_error_handlers(app) -> None:
     @app.errorhandler(CSRFError)
     def csrf_error(e):
@@ -66,6 +81,14 @@ def register_error_handlers(app) -> None:
         from .extensions import db
 
         db.session.rollback()
+        if is_outage(e):
+            # Redis or the database is down, stalled or refused the work for now: a retry may succeed.
+            log.warning("%s on %s %s: %s", type(e).__name__, request.method, request.path, str(e).split("\n")[0])
+            if _wants_json():
+                return json_error("temporarily_unavailable", "The service is temporarily unavailable; retry shortly.",
+                                  503, {"Retry-After": "5"})
+            page, status = error_page(_("We'll be right back"), _("Please try again in a moment."), 503)
+            return page, status, {"Retry-After": "5"}
         log.exception("unhandled error on %s %s", request.method, request.path)
         if _wants_json():
             return json_error("server_error", "The server could not complete the request.", 500)

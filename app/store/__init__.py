@@ -42,7 +42,9 @@ def create_store(app) -> Store:
 
         from .redis import RedisStore
 
-        return RedisStore(redis.Redis.from_url(url), prefix=app.config.get("IDP_STORE_PREFIX", "idp:"))
+        from ..config import redis_options
+
+        return RedisStore(redis.Redis.from_url(url, **redis_options(app.config)), prefix=app.config.get("IDP_STORE_PREFIX", "idp:"))
     from ..extensions import db
     from .sql import SqlStore
 
