@@ -1,4 +1,5 @@
-"""Fixtures: an app per test on a real database (SQLite always; PostgreSQL too when reachable, always under CI)."""
+"""Fixtures: an app per test in both deployments: SQLite with the embedded store, and PostgreSQL with Redis (always
+under CI; locally when reachable)."""
 
 from __future__ import annotations
 
@@ -54,23 +55,47 @@ def database_url(request):
     return request.getfixturevalue(f"{request.param}_url")
 
 
+@pytest.fixture(scope="session")
+def store_redis_url():
+    """The Redis database of the production-mode runs (PostgreSQL + Redis), emptied before and after each test."""
+    import redis
+
+    url = services.redis_url().rsplit("/", 1)[0] + "/12"
+    client = redis.Redis.from_url(url)
+    yield url, client
+    client.flushdb()
+    client.close()
+
+
 @pytest.fixture
-def make_app(database_url, keys_dir):
-    """Build an app on the test database; tables are emptied after the test."""
+def make_app(database_url, keys_dir, request):
+    """Build an app on the test database; tables are emptied after the test.
+
+    The two deployments: SQLite with the embedded store (short-lived state in a table, `make run`), and PostgreSQL
+    with Redis for short-lived state and rate-limit counters (production mode).
+    """
     from app import create_app
     from app.extensions import db
 
     apps = []
+    redis_client = None
+    mode = {}
+    if database_url.startswith("postgresql"):
+        url, redis_client = request.getfixturevalue("store_redis_url")
+        redis_client.flushdb()
+        mode["REDIS_URL"] = url
 
     def factory(**overrides):
         cfg = {"SQLALCHEMY_DATABASE_URI": database_url, "IDP_KEYS_DIR": keys_dir, "TESTING": True,
-               "IDP_ISSUER": "http://localhost", "RATELIMIT_ENABLED": False}
+               "IDP_ISSUER": "http://localhost", "RATELIMIT_ENABLED": False, **mode}
         cfg.update(overrides)
         app = create_app(cfg)
         apps.append(app)
         return app
 
     yield factory
+    if redis_client is not None:
+        redis_client.flushdb()
     if apps:
         with apps[0].app_context():
             for table in reversed(db.metadata.sorted_tables):

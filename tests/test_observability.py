@@ -53,8 +53,8 @@ def test_healthz_answers_without_cookies_or_caching(client):
     assert "Set-Cookie" not in resp.headers
 
 
-def test_readyz_reports_each_check(client):
-    resp = client.get("/readyz")
+def test_readyz_reports_each_check(make_app):
+    resp = make_app(REDIS_URL=None).test_client().get("/readyz")  # the embedded store: no Redis to check
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json() == {"status": "ok", "checks": {"database": "ok", "keys": "ok"}}
     assert resp.headers["Cache-Control"] == "no-store"
@@ -71,7 +71,7 @@ def test_readyz_checks_redis_when_configured(make_app):
 def test_readyz_is_503_when_the_database_is_unreachable(make_app):
     make_app()  # the fixture cleans up through the first app: keep that one on the real database
     dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/idp"  # nothing listens there
-    app = make_app(SQLALCHEMY_DATABASE_URI=dead)
+    app = make_app(SQLALCHEMY_DATABASE_URI=dead, REDIS_URL=None)
     c = app.test_client()
     resp = c.get("/readyz")
     assert resp.status_code == 503
@@ -90,7 +90,7 @@ def test_readyz_is_503_when_redis_is_unreachable(make_app):
 
 def test_readyz_is_503_when_the_signing_keys_are_gone(make_app, tmp_path):
     keys = tmp_path / "keys"
-    app = make_app(IDP_KEYS_DIR=str(keys))
+    app = make_app(IDP_KEYS_DIR=str(keys), REDIS_URL=None)
     c = app.test_client()
     assert c.get("/readyz").status_code == 200
     (keys / "keyring.json").unlink()
@@ -176,6 +176,32 @@ def test_mask_hides_emails_jwts_and_long_tokens_but_keeps_identifiers():
     assert "a***@example.co.uk" in text and "ada.lovelace" not in text
     assert JWT not in text and "eyJ" not in text and secret not in text
     assert sub in text and f"sid={sid}" in text
+
+
+def test_mask_hides_any_email_address_and_password_hashes(app, customer):
+    from app.accounts.models import User
+    from app.extensions import db
+
+    with app.app_context():
+        stored = db.session.get(User, customer["id"]).password_hash
+    text = observability.mask(f"josé.garcía@correo.españa.es bob@localhost ünal@örnek.com.tr params=('{stored}', 3)")
+    for leaked in ("josé.garcía", "bob@", "ünal", stored, stored.rsplit("$", 1)[-1], stored.rsplit("$", 2)[-2]):
+        assert leaked not in text
+    assert "j***@correo.españa.es" in text and "b***@localhost" in text and "[password-hash]" in text
+
+
+def test_a_failed_statement_logs_no_bound_values(app):
+    """A database error carries the SQL but not its parameters (a password hash, an email, a token hash)."""
+    import sqlalchemy as sa
+
+    from app.extensions import db
+
+    with app.app_context():
+        with pytest.raises(sa.exc.DBAPIError) as failed:
+            db.session.execute(sa.text("SELECT CAST(:hash AS INTEGER) + no_such_column"),
+                               {"hash": "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$ZGlnZXN0ZGlnZXN0"})
+        db.session.rollback()
+    assert "argon2id" not in str(failed.value) and "hidden due to hide_parameters" in str(failed.value)
 
 
 @pytest.fixture

@@ -24,6 +24,20 @@ def test_refuses_to_start_with_placeholder_secret_outside_dev(make_app):
     assert make_app(IDP_ISSUER=HTTPS, SECRET_KEY="x" * 40).config["IDP_DEV_MODE"] is False
 
 
+def test_rate_limits_need_counters_shared_by_every_process_outside_development(make_app):
+    from tests.support import services
+
+    production = {"IDP_ISSUER": HTTPS, "SECRET_KEY": "x" * 40, "RATELIMIT_ENABLED": True}
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        make_app(**production, REDIS_URL=None)  # each worker's memory: the limit's worth on every worker and node
+    app = make_app(**production, REDIS_URL=services.redis_url())
+    assert app.config["RATELIMIT_STORAGE_URI"] == services.redis_url()
+    assert app.config["RATELIMIT_STORAGE_OPTIONS"]["socket_timeout"] == app.config["IDP_REDIS_TIMEOUT"]
+    # The operator's explicit choice (one process), and development mode, may keep counters in memory.
+    assert make_app(**production, REDIS_URL=None, RATELIMIT_STORAGE_URI="memory://").config["RATELIMIT_ENABLED"]
+    assert make_app(RATELIMIT_ENABLED=True, REDIS_URL=None).config["RATELIMIT_STORAGE_URI"] == "memory://"
+
+
 def test_https_issuer_gives_secure_cookies_hsts_and_strict_csp(make_app, customer):
     app = make_app(IDP_ISSUER=HTTPS, SECRET_KEY="s" * 40)
     client = app.test_client()

@@ -59,7 +59,10 @@ SCOPE = "openid profile email offline_access"
 DEVICE = "urn:ietf:params:oauth:grant-type:device_code"
 PASSWORD = "two nodes correct horse"
 HTTP_TIMEOUT = 20
-KEY_DEADLINE = 60.0  # seconds: the documented bound is 1 s (files) or IDP_KEYS_REFRESH_SECONDS = 5 s (database)
+# The documented bound of a rotation reaching every process: the file ring is re-read within 1 s of a change, the
+# database ring within IDP_KEYS_REFRESH_SECONDS (5 s by default). The margin covers a loaded 2-core host.
+KEY_BOUND = {"files": 1.0, "database": 5.0}
+KEY_MARGIN = 10.0
 
 
 # -- a private Redis we may restart -----------------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def _require_redis_server() -> None:
 
 class Cluster:
     def __init__(self, database_url: str, redis: RedisProcess, keys_dir: str, key_store: str):
-        self.database_url, self.redis, self.keys_dir = database_url, redis, keys_dir
+        self.database_url, self.redis, self.keys_dir, self.key_store = database_url, redis, keys_dir, key_store
         port_a = free_port()
         self.issuer = f"http://localhost:{port_a}"
         env = {"REDIS_URL": redis.url, "IDP_RATELIMIT_SIGNIN": "200 per minute",
@@ -554,20 +557,25 @@ def test_a_key_rotation_run_once_is_served_by_the_other_node(nodes):
     assert header(old_token)["kid"] == before[("RS256", "current")]
 
     nodes.a.run_cli("keys", "rotate")  # one-off, from one place, against the shared key ring
+    rotated_at = time.monotonic()
     after = _ring(nodes)
     assert after[("RS256", "current")] == before[("RS256", "next")]
     new_next = after[("RS256", "next")]
     assert new_next not in before.values()
 
-    deadline = time.monotonic() + KEY_DEADLINE
+    limit = KEY_BOUND[nodes.key_store] + KEY_MARGIN
     while True:  # B's workers re-read the ring within the documented bound; poll with a deadline
         kids = {k["kid"] for k in requests.get(nodes.b.url + "/jwks.json", timeout=HTTP_TIMEOUT).json()["keys"]}
         signed_with = header(_client_credentials(nodes, nodes.b))["kid"]
         if new_next in kids and signed_with == after[("RS256", "current")]:
             break
-        assert time.monotonic() < deadline, (f"node B still publishes {sorted(kids)} and signs with {signed_with} "
-                                             f"{KEY_DEADLINE}s after the rotation\n{nodes.logs()}")
+        assert time.monotonic() - rotated_at < limit, (
+            f"node B still publishes {sorted(kids)} and signs with {signed_with} {limit}s after the rotation "
+            f"({nodes.key_store} store)\n{nodes.logs()}")
         time.sleep(0.2)
+    # Every worker of B, not just the one that answered: new connections land on all of them.
+    for _ in range(8):
+        assert header(_client_credentials(nodes, nodes.b))["kid"] == after[("RS256", "current")]
     # The retired key stays published: what it signed before the rotation still verifies, on both nodes.
     assert before[("RS256", "current")] in kids
     for node in (nodes.a, nodes.b):
@@ -655,7 +663,11 @@ def test_redis_restart_loses_short_lived_state_only(nodes):
     again = other.post(nodes.b, "/register", data={"csrf_token": csrf_token(page.text), "email": "x", "password": "x"})
     assert again.status_code == 400  # counted afresh
 
-    # Not lost: the refresh token, the consent and the ledger.
+    # Not lost: the single sign-on session (the browser signed in before the restart is not asked again), the refresh
+    # token, the consent and the ledger.
+    resumed = sign_in_and_get_tokens(nodes, browser, alternate(nodes.b, nodes.a), token_node=nodes.a)
+    assert resumed["seen"] == [], resumed["seen"]
+    assert verify(resumed["id_token"], nodes.b)["sub"] == sub
     for node in (nodes.a, nodes.b):
         refreshed = refresh(nodes, node, tokens["refresh_token"])
         assert refreshed.status_code == 200, (refreshed.text, nodes.logs())
