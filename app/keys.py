@@ -28,6 +28,8 @@ changes. Subclasses only store it:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import fcntl
 import json
@@ -42,6 +44,8 @@ from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 
 import click
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from joserfc.jwk import ECKey, KeySet, RSAKey, import_key
@@ -95,6 +99,60 @@ def import_private_jwk(entry: dict, jwk, source: str):
             (jwk.get("kty"), jwk.get("crv"), jwk.get("kid"), jwk.get("alg")) != (kty, crv, entry["kid"], entry["alg"]):
         raise KeyRingError(f"{source} is not a private {entry['alg']} JWK with that kid")
     return import_key(jwk)
+
+
+# -- private keys encrypted at rest (both stores) -------------------------------
+
+CIPHER_PREFIX = "v1."  # "v1." + base64url(nonce || ciphertext || tag)
+NEW_KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def configured_encryption_key(cfg) -> bytes | None:
+    """The 32 bytes IDP_KEY_ENCRYPTION_KEY holds (base64url), None if unset; ConfigError if malformed."""
+    from .config import ConfigError
+
+    raw = (cfg.get("IDP_KEY_ENCRYPTION_KEY") or "").strip()
+    if not raw:
+        return None
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"IDP_KEY_ENCRYPTION_KEY must be the base64url encoding of 32 random bytes ({NEW_KEY_HINT})")
+    return key
+
+
+class KeyCipher:
+    """AES-256-GCM for private JWKs: a fresh 96-bit nonce each time, the kid and alg as associated data
+    (a ciphertext moved to another key's place does not decrypt)."""
+
+    def __init__(self, key: bytes):
+        if len(key) != 32:
+            raise ValueError("the key encryption key must be 32 bytes (AES-256)")
+        self._aes = AESGCM(key)
+
+    @staticmethod
+    def _aad(entry: dict) -> bytes:
+        return f"signing_keys:{entry['kid']}:{entry['alg']}".encode()
+
+    def encrypt(self, entry: dict, jwk: dict) -> str:
+        nonce = os.urandom(12)
+        ct = self._aes.encrypt(nonce, json.dumps(jwk).encode(), self._aad(entry))
+        return CIPHER_PREFIX + base64.urlsafe_b64encode(nonce + ct).decode().rstrip("=")
+
+    def decrypt(self, entry: dict, text, source: str):
+        """The joserfc key ``text`` encrypts; KeyRingError naming ``source`` if it cannot be decrypted."""
+        if not isinstance(text, str) or not text.startswith(CIPHER_PREFIX):
+            raise KeyRingError(f"{source} is not encrypted in a known format")
+        blob = text[len(CIPHER_PREFIX):]
+        try:
+            raw = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
+            plain = self._aes.decrypt(raw[:12], raw[12:], self._aad(entry))
+        except (InvalidTag, ValueError, binascii.Error):
+            raise KeyRingError(f"cannot decrypt {source}: IDP_KEY_ENCRYPTION_KEY is not the key it was "
+                               "encrypted with (or it was altered)") from None
+        return import_private_jwk(entry, json.loads(plain), source)
 
 
 class BaseKeyRing:
