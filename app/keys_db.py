@@ -5,8 +5,9 @@ is ``app.keys.BaseKeyRing``; this module only stores it:
 
 - ``signing_keys``: one row per key, the same fields as a keyring.json entry
   plus the private JWK encrypted with AES-256-GCM under ``IDP_KEY_ENCRYPTION_KEY``
-  (a fresh 96-bit nonce per key; the kid and alg are the associated data, so a
-  ciphertext moved to another row does not decrypt). ``slot`` ("RS256:current",
+  (``app.keys.KeyCipher``, as in the files store: a fresh 96-bit nonce per key; the
+  kid and alg are the associated data, so a ciphertext moved to another row does
+  not decrypt). ``slot`` ("RS256:current",
   "ES256:next", NULL when retired) is unique: the database itself refuses two
   current or two next keys of one algorithm.
 - ``signing_key_ring``: one row (id 1) whose ``generation`` grows with every
