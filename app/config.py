@@ -56,13 +56,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IDP_DB_MAX_OVERFLOW", "IDP_DB_MAX_OVERFLOW", 10, _int,
             "Extra PostgreSQL connections a process may open beyond IDP_DB_POOL_SIZE under a burst (closed after)."),
     Setting("IDP_KEYS_DIR", "IDP_KEYS_DIR", str(ROOT / "keys"), _str,
-            "Folder of the signing key ring (keyring.json and one private JWK file per key, mode 0600)."),
+            "Folder of the signing key ring (keyring.json and one private key file per key, mode 0600, "
+            "encrypted under IDP_KEY_ENCRYPTION_KEY)."),
     Setting("IDP_KEYS_STORE", "IDP_KEYS_STORE", "files", _str,
-            "Where the signing key ring lives: 'files' (IDP_KEYS_DIR) or 'database' (the signing_keys table, "
-            "shared by every node; private keys encrypted under IDP_KEY_ENCRYPTION_KEY)."),
+            "Where the signing key ring lives: 'files' (IDP_KEYS_DIR, local or a volume every node mounts) or "
+            "'database' (the signing_keys table, shared by every node). Private keys are encrypted under "
+            "IDP_KEY_ENCRYPTION_KEY in both."),
     Setting("IDP_KEY_ENCRYPTION_KEY", "IDP_KEY_ENCRYPTION_KEY", None, _str,
-            "base64url of 32 random bytes: the AES-256-GCM key of the private signing keys in the database. "
-            "Required with IDP_KEYS_STORE=database outside development mode."),
+            "base64url of 32 random bytes: the AES-256-GCM key of the private signing keys at rest (key files "
+            "or database). Required outside development mode; set on an existing key folder, it encrypts the "
+            "plaintext files at the next start."),
     Setting("IDP_KEYS_REFRESH_SECONDS", "IDP_KEYS_REFRESH_SECONDS", 5, float,
             "With IDP_KEYS_STORE=database: how often a process checks for key changes made by other nodes, "
             "seconds; a rotation is used everywhere within this time."),

@@ -12,22 +12,31 @@ rules, the published JWKS and its cache, and picking up other processes'
 changes. Subclasses only store it:
 
 - ``KeyRing`` (``IDP_KEYS_STORE=files``, the default): a directory,
-  ``IDP_KEYS_DIR``::
+  ``IDP_KEYS_DIR``, local or on a volume shared by every node::
 
       keyring.json   the keys and their state; no secrets (mode 0644)
-      <kid>.json     one private JWK (RFC 7517) per key (mode 0600)
+      <kid>.json     one private key per file (mode 0600): {"kid", "alg", "encrypted"},
+                     or in development mode without IDP_KEY_ENCRYPTION_KEY the
+                     private JWK (RFC 7517) itself
 
   Several processes (gunicorn workers, the ``flask keys`` CLI) share the
   directory: writers hold an exclusive flock on it, readers a shared one, files
   are replaced atomically, and each process re-reads keyring.json when its stat
-  changes (checked at most once per ``stat_interval`` seconds).
+  changes (checked at most once per ``stat_interval`` seconds). With a key set,
+  ``ensure`` (at start) re-writes plaintext key files encrypted.
 
 - ``DatabaseKeyRing`` (``IDP_KEYS_STORE=database``, in ``app/keys_db.py``): a
-  table shared by every node, private keys encrypted with AES-256-GCM.
+  table shared by every node.
+
+Both stores encrypt private keys at rest the same way (``KeyCipher``): AES-256-GCM
+under ``IDP_KEY_ENCRYPTION_KEY`` (required outside development mode), a fresh
+nonce per key, its kid and alg as associated data.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import fcntl
 import json
@@ -42,6 +51,8 @@ from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 
 import click
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from joserfc.jwk import ECKey, KeySet, RSAKey, import_key
@@ -95,6 +106,60 @@ def import_private_jwk(entry: dict, jwk, source: str):
             (jwk.get("kty"), jwk.get("crv"), jwk.get("kid"), jwk.get("alg")) != (kty, crv, entry["kid"], entry["alg"]):
         raise KeyRingError(f"{source} is not a private {entry['alg']} JWK with that kid")
     return import_key(jwk)
+
+
+# -- private keys encrypted at rest (both stores) -------------------------------
+
+CIPHER_PREFIX = "v1."  # "v1." + base64url(nonce || ciphertext || tag)
+NEW_KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def configured_encryption_key(cfg) -> bytes | None:
+    """The 32 bytes IDP_KEY_ENCRYPTION_KEY holds (base64url), None if unset; ConfigError if malformed."""
+    from .config import ConfigError
+
+    raw = (cfg.get("IDP_KEY_ENCRYPTION_KEY") or "").strip()
+    if not raw:
+        return None
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"IDP_KEY_ENCRYPTION_KEY must be the base64url encoding of 32 random bytes ({NEW_KEY_HINT})")
+    return key
+
+
+class KeyCipher:
+    """AES-256-GCM for private JWKs: a fresh 96-bit nonce each time, the kid and alg as associated data
+    (a ciphertext moved to another key's place does not decrypt)."""
+
+    def __init__(self, key: bytes):
+        if len(key) != 32:
+            raise ValueError("the key encryption key must be 32 bytes (AES-256)")
+        self._aes = AESGCM(key)
+
+    @staticmethod
+    def _aad(entry: dict) -> bytes:
+        return f"signing_keys:{entry['kid']}:{entry['alg']}".encode()
+
+    def encrypt(self, entry: dict, jwk: dict) -> str:
+        nonce = os.urandom(12)
+        ct = self._aes.encrypt(nonce, json.dumps(jwk).encode(), self._aad(entry))
+        return CIPHER_PREFIX + base64.urlsafe_b64encode(nonce + ct).decode().rstrip("=")
+
+    def decrypt(self, entry: dict, text, source: str):
+        """The joserfc key ``text`` encrypts; KeyRingError naming ``source`` if it cannot be decrypted."""
+        if not isinstance(text, str) or not text.startswith(CIPHER_PREFIX):
+            raise KeyRingError(f"{source} is not encrypted in a known format")
+        blob = text[len(CIPHER_PREFIX):]
+        try:
+            raw = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
+            plain = self._aes.decrypt(raw[:12], raw[12:], self._aad(entry))
+        except (InvalidTag, ValueError, binascii.Error):
+            raise KeyRingError(f"cannot decrypt {source}: IDP_KEY_ENCRYPTION_KEY is not the key it was "
+                               "encrypted with (or it was altered)") from None
+        return import_private_jwk(entry, json.loads(plain), source)
 
 
 class BaseKeyRing:
@@ -151,6 +216,9 @@ class BaseKeyRing:
     def _removed(self, kids: list[str]) -> None:
         """Keys are gone from the stored ring (called after the write, outside the lock)."""
 
+    def _upgrade(self) -> None:
+        """Re-write stored keys kept in an older form (run by ``ensure``, inside the write)."""
+
     # -- the state machine ------------------------------------------------------
 
     def _load(self) -> None:
@@ -205,6 +273,7 @@ class BaseKeyRing:
         """Create, per algorithm, any missing current or next key. Idempotent."""
         now = int(time.time()) if now is None else now
         with self._writing():
+            self._upgrade()
             for alg in ALGS:
                 for state in ("current", "next"):
                     if self._one(alg, state) is None:
@@ -329,11 +398,18 @@ class BaseKeyRing:
 
 
 class KeyRing(BaseKeyRing):
-    """The keys in one directory (``IDP_KEYS_STORE=files``)."""
+    """The keys in one directory (``IDP_KEYS_STORE=files``).
 
-    def __init__(self, directory: str | os.PathLike, *, stat_interval: float = 1.0, clock=time.monotonic):
+    With ``encryption_key`` (32 bytes) each ``<kid>.json`` is ``{"kid", "alg", "encrypted"}``, the private
+    JWK encrypted by ``KeyCipher``; ``ensure`` re-writes plaintext files found there that way. Without it
+    the files are plaintext private JWKs (development), and an encrypted file is refused.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, encryption_key: bytes | None = None,
+                 stat_interval: float = 1.0, clock=time.monotonic):
         super().__init__(refresh_interval=stat_interval, clock=clock)
         self.directory = os.fspath(directory)
+        self._cipher = KeyCipher(encryption_key) if encryption_key is not None else None
 
     @property
     def stat_interval(self) -> float:
@@ -406,15 +482,41 @@ class KeyRing(BaseKeyRing):
         except FileNotFoundError:
             entries, st = [], None
         validate_entries(entries, RING_FILE)  # before a kid becomes a file name
-        keys = {}
-        for e in entries:
-            with open(self._path(e["kid"] + ".json"), "rb") as f:
-                keys[e["kid"]] = import_private_jwk(e, json.load(f), f"{e['kid']}.json")
+        keys = {e["kid"]: self._read_private(e)[0] for e in entries}
         return entries, keys, self._sig(st)
+
+    def _read_private(self, entry: dict):
+        """The private key of ``entry`` from its file, and whether the file is encrypted."""
+        path = self._path(entry["kid"] + ".json")
+        with open(path, "rb") as f:
+            doc = json.load(f)
+        if isinstance(doc, dict) and "encrypted" in doc:
+            if self._cipher is None:
+                raise KeyRingError(f"{path} is encrypted: set IDP_KEY_ENCRYPTION_KEY to the key it was encrypted with")
+            return self._cipher.decrypt(entry, doc["encrypted"], path), True
+        # Plaintext: a development ring, or one written before encryption was turned on (ensure re-writes it).
+        return import_private_jwk(entry, doc, path), False
+
+    def _private_file(self, key) -> bytes:
+        jwk = key.as_dict(private=True)
+        if self._cipher is None:
+            return json.dumps(jwk).encode()
+        entry = {"kid": key.kid, "alg": key.alg}
+        return json.dumps({**entry, "encrypted": self._cipher.encrypt(entry, jwk)}).encode()
 
     def _key_created(self, key) -> None:
         # Private file first: keyring.json never names a key whose file is missing.
-        self._write(key.kid + ".json", json.dumps(key.as_dict(private=True)).encode(), 0o600)
+        self._write(key.kid + ".json", self._private_file(key), 0o600)
+
+    def _upgrade(self) -> None:
+        # Encryption turned on for an existing ring: encrypt its plaintext files (under the exclusive flock).
+        if self._cipher is None:
+            return
+        for e in self._entries:
+            if not self._read_private(e)[1]:
+                self._write(e["kid"] + ".json", self._private_file(self._keys[e["kid"]]), 0o600)
+                log.warning("signing key %s was stored unencrypted; re-written encrypted under "
+                            "IDP_KEY_ENCRYPTION_KEY", e["kid"])
 
     def _persist(self, before: list[dict]) -> None:
         body = json.dumps({"keys": self._entries}, indent=2) + "\n"
@@ -432,8 +534,8 @@ def init_app(app: Flask) -> BaseKeyRing:
     """Open the ring ``IDP_KEYS_STORE`` names and create any missing keys."""
     store = app.config.get("IDP_KEYS_STORE") or "files"
     if store == "files":
-        ring = KeyRing(app.config["IDP_KEYS_DIR"])
-        ring.ensure()
+        ring = KeyRing(app.config["IDP_KEYS_DIR"], encryption_key=file_encryption_key(app.config))
+        ring.ensure()  # also encrypts plaintext key files when a key is set, or refuses a key that does not fit
     elif store == "database":
         from .keys_db import init_database_ring
 
@@ -444,6 +546,17 @@ def init_app(app: Flask) -> BaseKeyRing:
         raise ConfigError(f"IDP_KEYS_STORE must be 'files' or 'database', not {store!r}")
     app.extensions["idp_keys"] = ring
     return ring
+
+
+def file_encryption_key(cfg) -> bytes | None:
+    """IDP_KEY_ENCRYPTION_KEY for IDP_KEYS_STORE=files: required outside development mode; None (plaintext
+    files, as before) in development mode when unset."""
+    from .config import ConfigError
+
+    key = configured_encryption_key(cfg)
+    if key is None and not cfg.get("IDP_DEV_MODE"):
+        raise ConfigError(f"IDP_KEY_ENCRYPTION_KEY must be set when IDP_KEYS_STORE=files ({NEW_KEY_HINT})")
+    return key
 
 
 def keyring() -> BaseKeyRing:
@@ -519,7 +632,8 @@ def import_files(source: str | None, force: bool) -> None:
     if not isinstance(ring, DatabaseKeyRing):
         ring = database_ring(current_app)  # still on IDP_KEYS_STORE=files: the ring the nodes will switch to
     try:
-        done = ring.import_ring(KeyRing(source), retire_after=retire_after_seconds(current_app.config), force=force)
+        folder = KeyRing(source, encryption_key=configured_encryption_key(current_app.config))
+        done = ring.import_ring(folder, retire_after=retire_after_seconds(current_app.config), force=force)
     except KeyRingError as exc:
         raise click.ClickException(str(exc)) from exc
     for e in done["imported"]:

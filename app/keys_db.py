@@ -5,8 +5,9 @@ is ``app.keys.BaseKeyRing``; this module only stores it:
 
 - ``signing_keys``: one row per key, the same fields as a keyring.json entry
   plus the private JWK encrypted with AES-256-GCM under ``IDP_KEY_ENCRYPTION_KEY``
-  (a fresh 96-bit nonce per key; the kid and alg are the associated data, so a
-  ciphertext moved to another row does not decrypt). ``slot`` ("RS256:current",
+  (``app.keys.KeyCipher``, as in the files store: a fresh 96-bit nonce per key; the
+  kid and alg are the associated data, so a ciphertext moved to another row does
+  not decrypt). ``slot`` ("RS256:current",
   "ES256:next", NULL when retired) is unique: the database itself refuses two
   current or two next keys of one algorithm.
 - ``signing_key_ring``: one row (id 1) whose ``generation`` grows with every
@@ -27,28 +28,21 @@ the request's ``db.session``.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
-import os
 import time
 from contextlib import contextmanager
 
 import sqlalchemy as sa
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import Flask
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .extensions import db
-from .keys import ENTRY_FIELDS, BaseKeyRing, KeyRingError, import_private_jwk, validate_entries
+from .keys import (ENTRY_FIELDS, NEW_KEY_HINT, BaseKeyRing, KeyCipher, KeyRingError, configured_encryption_key,
+                   validate_entries)
 
 log = logging.getLogger(__name__)
-
-_CIPHER_PREFIX = "v1."  # "v1." + base64url(nonce || ciphertext || tag)
 
 
 class SigningKey(db.Model):
@@ -86,27 +80,15 @@ def encryption_key(cfg) -> bytes:
     """The 32-byte AES key from IDP_KEY_ENCRYPTION_KEY; in development mode a derived one if unset."""
     from .config import ConfigError
 
-    raw = (cfg.get("IDP_KEY_ENCRYPTION_KEY") or "").strip()
-    if raw:
-        try:
-            key = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True)
-        except (binascii.Error, ValueError):
-            key = b""
-        if len(key) != 32:
-            raise ConfigError("IDP_KEY_ENCRYPTION_KEY must be the base64url encoding of 32 random bytes "
-                              "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    key = configured_encryption_key(cfg)
+    if key is not None:
         return key
     if not cfg.get("IDP_DEV_MODE"):
-        raise ConfigError("IDP_KEY_ENCRYPTION_KEY must be set when IDP_KEYS_STORE=database "
-                          "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        raise ConfigError(f"IDP_KEY_ENCRYPTION_KEY must be set when IDP_KEYS_STORE=database ({NEW_KEY_HINT})")
     log.warning("IDP_KEY_ENCRYPTION_KEY is unset: signing keys in the database are encrypted under a key "
                 "derived from SECRET_KEY (development mode only)")
     return HKDF(hashes.SHA256(), 32, salt=None, info=b"idp signing key encryption (development)").derive(
         str(cfg.get("SECRET_KEY") or "").encode())
-
-
-def _aad(kid: str, alg: str) -> bytes:
-    return f"signing_keys:{kid}:{alg}".encode()
 
 
 def _order(e) -> tuple:
@@ -122,11 +104,9 @@ class DatabaseKeyRing(BaseKeyRing):
     def __init__(self, engine: sa.Engine, key: bytes, *, refresh_interval: float = 5.0, clock=time.monotonic):
         if engine.dialect.name not in _INSERTS:
             raise NotImplementedError(f"DatabaseKeyRing supports sqlite and postgresql, not {engine.dialect.name}")
-        if len(key) != 32:
-            raise ValueError("the key encryption key must be 32 bytes (AES-256)")
+        self._cipher = KeyCipher(key)  # ValueError unless 32 bytes
         super().__init__(refresh_interval=refresh_interval, clock=clock)
         self.engine = engine
-        self._aes = AESGCM(key)
         self._insert = _INSERTS[engine.dialect.name]
         self._t = SigningKey.__table__
         self._ring_t = SigningKeyRing.__table__
@@ -136,26 +116,6 @@ class DatabaseKeyRing(BaseKeyRing):
 
     def _where(self) -> str:
         return f"the database ({self._t.name})"
-
-    # -- encryption -----------------------------------------------------------
-
-    def _encrypt(self, entry: dict, jwk: dict) -> str:
-        nonce = os.urandom(12)
-        ct = self._aes.encrypt(nonce, json.dumps(jwk).encode(), _aad(entry["kid"], entry["alg"]))
-        return _CIPHER_PREFIX + base64.urlsafe_b64encode(nonce + ct).decode().rstrip("=")
-
-    def _decrypt(self, entry: dict, text: str):
-        source = f"key {entry['kid']} in the database"
-        if not isinstance(text, str) or not text.startswith(_CIPHER_PREFIX):
-            raise KeyRingError(f"{source} is not encrypted in a known format")
-        blob = text[len(_CIPHER_PREFIX):]
-        try:
-            raw = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
-            plain = self._aes.decrypt(raw[:12], raw[12:], _aad(entry["kid"], entry["alg"]))
-        except (InvalidTag, ValueError, binascii.Error):
-            raise KeyRingError(f"cannot decrypt {source}: IDP_KEY_ENCRYPTION_KEY is not the key it was "
-                               "encrypted with (or the row was altered)") from None
-        return import_private_jwk(entry, json.loads(plain), source)
 
     # -- storage ----------------------------------------------------------------
 
@@ -179,7 +139,8 @@ class DatabaseKeyRing(BaseKeyRing):
         keys = {}
         for e, row in zip(entries, rows):
             # A kid is the thumbprint of its key: a key already decrypted cannot have changed.
-            keys[e["kid"]] = self._keys.get(e["kid"]) or self._decrypt(e, row["private_jwk"])
+            keys[e["kid"]] = self._keys.get(e["kid"]) or self._cipher.decrypt(
+                e, row["private_jwk"], f"key {e['kid']} in the database")
         return entries, keys, version
 
     @contextmanager
@@ -237,7 +198,7 @@ class DatabaseKeyRing(BaseKeyRing):
         if added:
             conn.execute(sa.insert(t), [
                 {**{f: e[f] for f in ENTRY_FIELDS}, "slot": self._slot(e),
-                 "private_jwk": self._encrypt(e, self._keys[e["kid"]].as_dict(private=True))}
+                 "private_jwk": self._cipher.encrypt(e, self._keys[e["kid"]].as_dict(private=True))}
                 for e in added])
         self._entries.sort(key=_order)  # the order every node loads: one JWKS document everywhere
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 
 import pytest
 
@@ -104,6 +105,13 @@ def make_app(database_url, keys_dir, request):
         for app in apps:
             with app.app_context():
                 db.engine.dispose()
+
+
+@pytest.fixture
+def production_keys(tmp_path):
+    """What a production-mode app (https issuer) needs for the files key ring: IDP_KEY_ENCRYPTION_KEY, and a
+    folder of its own (the shared test ring stays plaintext for the development-mode apps)."""
+    return {"IDP_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32), "IDP_KEYS_DIR": str(tmp_path / "production-keys")}
 
 
 @pytest.fixture

@@ -279,10 +279,11 @@ def test_an_expiring_stored_token_is_resigned_with_the_same_jti(make_app, custom
     assert c["jti"] == "jti-of-the-logout-1" and c["exp"] > time.time()
 
 
-def test_plain_http_or_private_targets_are_refused_outside_development(make_app, listener):
+def test_plain_http_or_private_targets_are_refused_outside_development(make_app, listener, production_keys):
     import click
 
-    app = make_app(IDP_ISSUER="https://id.example.com", SECRET_KEY="x" * 40, IDP_OUTBOX_WORKER="off")
+    app = make_app(IDP_ISSUER="https://id.example.com", SECRET_KEY="x" * 40, IDP_OUTBOX_WORKER="off",
+                   **production_keys)
     from app import outbox
     from app.cli import create_client
 

@@ -75,8 +75,8 @@ def test_demo_seed_is_idempotent_and_signs_in(app, client):
     assert "demo@example.com" in html and "Demo Customer" in html and "&#34;typ&#34;: &#34;JWT&#34;" in html
 
 
-def test_demo_is_refused_outside_development_mode(make_app):
-    prod = make_app(IDP_ISSUER="https://id.example.com", SECRET_KEY="x" * 40)
+def test_demo_is_refused_outside_development_mode(make_app, production_keys):
+    prod = make_app(IDP_ISSUER="https://id.example.com", SECRET_KEY="x" * 40, **production_keys)
     assert prod.test_cli_runner().invoke(args=["demo", "seed"]).exit_code != 0
     assert prod.test_client().get("/demo/start", base_url="https://id.example.com").status_code == 404
 

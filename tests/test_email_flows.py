@@ -182,11 +182,11 @@ def test_development_outbox_folder(make_app, tmp_path, mail_log):
     assert _user(app, "grace@example.com").email_verified is True
 
 
-def test_outside_development_mode_mail_must_be_configured(make_app, mail_log):
+def test_outside_development_mode_mail_must_be_configured(make_app, mail_log, production_keys):
     caplog = mail_log
     from app import mail
 
-    app = make_app(IDP_ISSUER="https://id.example.com", SECRET_KEY="s" * 40)
+    app = make_app(IDP_ISSUER="https://id.example.com", SECRET_KEY="s" * 40, **production_keys)
     with app.test_request_context(), caplog.at_level(logging.ERROR):
         with pytest.raises(mail.MailError, match="IDP_SMTP_URL is not set"):
             mail.send("ada@example.com", "Hello", "secret body https://id.example.com/x?token=abc")

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
+import secrets
 import stat
 import time
+from contextlib import contextmanager
 
 import pytest
 from flask import Flask
 from joserfc import jws
 from joserfc.jwk import KeySet
 
+from app.config import ConfigError
 from app.keys import ALGS, KeyRing, KeyRingError, init_app, keys_cli
 
 PRIVATE = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+
+
+@pytest.fixture
+def enc_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def aes_key(enc_key: str) -> bytes:
+    return base64.urlsafe_b64decode(enc_key + "=")
 
 
 @pytest.fixture
@@ -188,18 +202,22 @@ def test_second_instance_sees_rotation_after_stat_interval(ring, tmp_path):
     assert other.public_jwks() == ring.public_jwks()
 
 
-@pytest.fixture
-def cli_app(tmp_path):
+@pytest.fixture(params=["development", "encrypted"])
+def cli_app(request, tmp_path, enc_key):
     app = Flask(__name__)
     app.config["IDP_KEYS_DIR"] = str(tmp_path / "keys")
     app.config["IDP_ID_TOKEN_TTL"] = 1200
     app.config["IDP_ACCESS_TOKEN_TTL"] = 600
+    if request.param == "development":
+        app.config["IDP_DEV_MODE"] = True     # plaintext key files, as before
+    else:
+        app.config["IDP_KEY_ENCRYPTION_KEY"] = enc_key
     init_app(app)
     app.cli.add_command(keys_cli)
     return app
 
 
-def test_cli_list_rotate_retire(cli_app):
+def test_cli_list_rotate_retire(cli_app, tmp_path):
     runner = cli_app.test_cli_runner()
     ring = cli_app.extensions["idp_keys"]
 
@@ -236,6 +254,11 @@ def test_cli_list_rotate_retire(cli_app):
 
     res = runner.invoke(args=["keys", "rotate"])
     assert res.exit_code == 0 and "RS256" in res.output and "ES256" in res.output
+    # Every key file the commands wrote is in the form the configuration asks for.
+    encrypted = "IDP_KEY_ENCRYPTION_KEY" in cli_app.config
+    for r in ring.list():
+        doc = json.loads((tmp_path / "keys" / f"{r['kid']}.json").read_text())
+        assert ("encrypted" in doc) is encrypted and ("d" in doc) is not encrypted
 
 
 def test_concurrent_first_start_of_several_processes_creates_one_set(tmp_path):
@@ -250,3 +273,143 @@ def test_concurrent_first_start_of_several_processes_creates_one_set(tmp_path):
     assert sorted((r["alg"], r["state"]) for r in rows) == sorted(
         (alg, state) for alg in ALGS for state in ("current", "next"))
     assert len([p for p in (tmp_path / "keys").iterdir()]) == 5  # no orphan or temp files
+
+
+# -- private keys encrypted at rest (IDP_KEY_ENCRYPTION_KEY) ------------------------------------------------------
+
+
+def test_encrypted_key_files_hold_no_private_member_and_still_sign(tmp_path, enc_key):
+    ring = KeyRing(tmp_path / "keys", encryption_key=aes_key(enc_key))
+    ring.ensure()
+    for row in ring.list():
+        path = tmp_path / "keys" / f"{row['kid']}.json"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        text = path.read_text()
+        doc = json.loads(text)
+        assert set(doc) == {"kid", "alg", "encrypted"} and (doc["kid"], doc["alg"]) == (row["kid"], row["alg"])
+        assert doc["encrypted"].startswith("v1.")
+        private = ring._keys[row["kid"]].as_dict(private=True)
+        for member in PRIVATE & set(private):
+            assert private[member] not in text, member
+        assert "PRIVATE KEY" not in text and "-----BEGIN" not in text
+    assert len({json.loads((tmp_path / "keys" / f"{r['kid']}.json").read_text())["encrypted"]
+                for r in ring.list()}) == 4
+
+    # Another process with the same key reads the same keys: what one signs, the other verifies.
+    other = KeyRing(tmp_path / "keys", encryption_key=aes_key(enc_key))
+    for alg in ALGS:
+        key = other.signing_key(alg)
+        assert key.kid == ring.signing_key(alg).kid
+        token = jws.serialize_compact({"alg": alg, "kid": key.kid}, b"payload", key)
+        assert jws.deserialize_compact(token, ring.verification_keys(), algorithms=[alg]).payload == b"payload"
+        assert jws.deserialize_compact(token, KeySet.import_key_set(ring.public_jwks()),
+                                       algorithms=[alg]).payload == b"payload"
+
+
+def test_encrypted_key_files_need_the_right_key(tmp_path, enc_key):
+    KeyRing(tmp_path / "keys", encryption_key=aes_key(enc_key)).ensure()
+    with pytest.raises(KeyRingError, match=r"keys/[A-Za-z0-9_-]+\.json is encrypted: set IDP_KEY_ENCRYPTION_KEY"):
+        KeyRing(tmp_path / "keys").ensure()
+    with pytest.raises(KeyRingError, match=r"cannot decrypt .*keys/[A-Za-z0-9_-]+\.json: IDP_KEY_ENCRYPTION_KEY is not "
+                                           r"the key it was encrypted with"):
+        KeyRing(tmp_path / "keys", encryption_key=os.urandom(32)).ensure()
+    # The envelope is bound to its key's kid and alg: a file copied over another's does not decrypt.
+    rows = KeyRing(tmp_path / "keys", encryption_key=aes_key(enc_key)).list()
+    a, b = (r["kid"] for r in rows if r["alg"] == "ES256")
+    (tmp_path / "keys" / f"{b}.json").write_bytes((tmp_path / "keys" / f"{a}.json").read_bytes())
+    with pytest.raises(KeyRingError, match=f"cannot decrypt .*{b}\\.json"):
+        KeyRing(tmp_path / "keys", encryption_key=aes_key(enc_key)).ensure()
+
+
+def test_wrong_or_missing_key_stops_the_app_with_a_clear_error(make_app, tmp_path, enc_key):
+    keys = str(tmp_path / "keys")
+    make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=enc_key)
+    with pytest.raises(KeyRingError, match="cannot decrypt .* IDP_KEY_ENCRYPTION_KEY is not the key"):
+        make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=secrets.token_urlsafe(32))
+    with pytest.raises(KeyRingError, match="is encrypted: set IDP_KEY_ENCRYPTION_KEY"):
+        make_app(IDP_KEYS_DIR=keys)   # development mode, but the folder was encrypted
+    with pytest.raises(ConfigError, match="base64url encoding of 32 random bytes"):
+        make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY="too-short")
+
+
+@contextmanager
+def warnings_of(logger: str):
+    """The warnings ``logger`` emits, as formatted (before the app's log masking on the root handlers)."""
+    messages = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logging.getLogger(logger).removeHandler(handler)
+
+
+def test_plaintext_ring_is_encrypted_at_start_once_a_key_is_set(tmp_path, enc_key):
+    plain = KeyRing(tmp_path / "keys")
+    plain.ensure()
+    plain.rotate("RS256", retire_after=3600)          # a retired key is encrypted too
+    before = {r["kid"]: r for r in plain.list()}
+    private = {kid: plain._keys[kid].as_dict(private=True) for kid in before}
+    signing = {alg: plain.signing_key(alg).kid for alg in ALGS}
+
+    with warnings_of("app.keys") as warnings:
+        ring = KeyRing(tmp_path / "keys", encryption_key=aes_key(enc_key))
+        ring.ensure()
+    assert len(warnings) == 5 and all(sum(kid in w for w in warnings) == 1 for kid in before), warnings
+    assert not any(value in w for w in warnings for jwk in private.values() for m, value in jwk.items() if m in PRIVATE)
+
+    assert {r["kid"]: r for r in ring.list()} == before                  # same keys, same states
+    for kid in before:
+        path = tmp_path / "keys" / f"{kid}.json"
+        doc = json.loads(path.read_text())
+        assert set(doc) == {"kid", "alg", "encrypted"} and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert ring._keys[kid].as_dict(private=True) == private[kid]
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == sorted(
+        ["keyring.json"] + [kid + ".json" for kid in before])       # no temp files left
+    for alg in ALGS:
+        key = ring.signing_key(alg)
+        assert key.kid == signing[alg]
+        token = jws.serialize_compact({"alg": alg, "kid": key.kid}, b"x", key)
+        assert jws.deserialize_compact(token, plain.verification_keys(), algorithms=[alg]).payload == b"x"
+
+    # Done once: the next start has nothing to re-write.
+    with warnings_of("app.keys") as warnings:
+        KeyRing(tmp_path / "keys", encryption_key=aes_key(enc_key)).ensure()
+    assert warnings == []
+
+
+def test_production_mode_refuses_the_files_store_without_an_encryption_key(make_app, tmp_path, enc_key):
+    prod = {"IDP_ISSUER": "https://id.example.com", "SECRET_KEY": secrets.token_urlsafe(40),
+            "IDP_KEYS_DIR": str(tmp_path / "keys")}
+    with pytest.raises(ConfigError, match="IDP_KEY_ENCRYPTION_KEY must be set when IDP_KEYS_STORE=files"):
+        make_app(**prod)
+    assert not (tmp_path / "keys").exists()                           # refused before writing any key
+    app = make_app(**prod, IDP_KEY_ENCRYPTION_KEY=enc_key)
+    ring = app.extensions["idp_keys"]
+    for r in ring.list():
+        assert "encrypted" in json.loads((tmp_path / "keys" / f"{r['kid']}.json").read_text())
+    # Development mode still runs without a key, on plaintext files as before.
+    dev = make_app(IDP_KEYS_DIR=str(tmp_path / "dev-keys"))
+    for r in dev.extensions["idp_keys"].list():
+        assert "d" in json.loads((tmp_path / "dev-keys" / f"{r['kid']}.json").read_text())
+
+
+def test_rotation_across_two_processes_with_encryption(tmp_path, enc_key):
+    a = KeyRing(tmp_path / "keys", encryption_key=aes_key(enc_key), stat_interval=0)
+    b = KeyRing(tmp_path / "keys", encryption_key=aes_key(enc_key), stat_interval=0)
+    a.ensure()
+    b.ensure()
+    assert b.public_jwks() == a.public_jwks()
+    old = {alg: a.signing_key(alg).kid for alg in ALGS}
+
+    done = b.rotate(retire_after=3600)
+    for d in done:
+        assert a.signing_key(d["alg"]).kid == d["current"] == b.signing_key(d["alg"]).kid
+        token = jws.serialize_compact({"alg": d["alg"], "kid": d["current"]}, b"x", a.signing_key(d["alg"]))
+        assert jws.deserialize_compact(token, b.verification_keys(), algorithms=[d["alg"]]).payload == b"x"
+        assert "encrypted" in json.loads((tmp_path / "keys" / f"{d['next']}.json").read_text())
+    assert a.public_jwks() == b.public_jwks() and set(old.values()) <= set(kids(a.public_jwks()))
+    assert sorted(a.retire(old["ES256"])) == [old["ES256"]]
+    assert old["ES256"] not in kids(b.public_jwks())
+    assert not (tmp_path / "keys" / f"{old['ES256']}.json").exists()

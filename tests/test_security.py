@@ -12,22 +12,22 @@ from tests.support.browser import Customer, callback_params, csrf_token, pkce_pa
 HTTPS = "https://id.example.com"
 
 
-def test_refuses_to_start_with_placeholder_secret_outside_dev(make_app):
+def test_refuses_to_start_with_placeholder_secret_outside_dev(make_app, production_keys):
     with pytest.raises(ConfigError):
-        make_app(IDP_ISSUER=HTTPS)
+        make_app(IDP_ISSUER=HTTPS, **production_keys)
     with pytest.raises(ConfigError):
-        make_app(IDP_ISSUER=HTTPS, SECRET_KEY="short")
+        make_app(IDP_ISSUER=HTTPS, SECRET_KEY="short", **production_keys)
     with pytest.raises(ConfigError):
-        make_app(IDP_ISSUER="http://id.example.com", SECRET_KEY="x" * 40)  # plain http only for localhost
+        make_app(IDP_ISSUER="http://id.example.com", SECRET_KEY="x" * 40, **production_keys)  # http only for localhost
     with pytest.raises(ConfigError):
-        make_app(IDP_ISSUER="https://id.example.com/?x=1", SECRET_KEY="x" * 40)
-    assert make_app(IDP_ISSUER=HTTPS, SECRET_KEY="x" * 40).config["IDP_DEV_MODE"] is False
+        make_app(IDP_ISSUER="https://id.example.com/?x=1", SECRET_KEY="x" * 40, **production_keys)
+    assert make_app(IDP_ISSUER=HTTPS, SECRET_KEY="x" * 40, **production_keys).config["IDP_DEV_MODE"] is False
 
 
-def test_rate_limits_need_counters_shared_by_every_process_outside_development(make_app):
+def test_rate_limits_need_counters_shared_by_every_process_outside_development(make_app, production_keys):
     from tests.support import services
 
-    production = {"IDP_ISSUER": HTTPS, "SECRET_KEY": "x" * 40, "RATELIMIT_ENABLED": True}
+    production = {"IDP_ISSUER": HTTPS, "SECRET_KEY": "x" * 40, "RATELIMIT_ENABLED": True, **production_keys}
     with pytest.raises(ConfigError, match="REDIS_URL"):
         make_app(**production, REDIS_URL=None)  # each worker's memory: the limit's worth on every worker and node
     app = make_app(**production, REDIS_URL=services.redis_url())
@@ -38,8 +38,8 @@ def test_rate_limits_need_counters_shared_by_every_process_outside_development(m
     assert make_app(RATELIMIT_ENABLED=True, REDIS_URL=None).config["RATELIMIT_STORAGE_URI"] == "memory://"
 
 
-def test_https_issuer_gives_secure_cookies_hsts_and_strict_csp(make_app, customer):
-    app = make_app(IDP_ISSUER=HTTPS, SECRET_KEY="s" * 40)
+def test_https_issuer_gives_secure_cookies_hsts_and_strict_csp(make_app, customer, production_keys):
+    app = make_app(IDP_ISSUER=HTTPS, SECRET_KEY="s" * 40, **production_keys)
     client = app.test_client()
     page = client.get("/login", base_url=HTTPS)
     assert page.headers["Strict-Transport-Security"].startswith("max-age=")
