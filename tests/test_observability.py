@@ -12,36 +12,18 @@ import time
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from app import observability
 from tests.support import services
 from tests.support.browser import Customer, csrf_token
+from tests.support.metrics import TOKEN
+from tests.support.metrics import samples as _samples
+from tests.support.metrics import scrape as _scrape
+from tests.support.metrics import value as _value
 from tests.support.server import LiveServer, free_port
 
-TOKEN = "metrics-" + "x" * 24
 JWT = ("eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkFkYSJ9."
        "c2lnbmF0dXJlLXZhbHVlLWdvZXMtaGVyZQ")
-
-
-def _samples(text: str) -> dict:
-    """{(sample name, frozenset(labels)): value} of a Prometheus text exposition."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def _value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def _scrape(client) -> dict:
-    resp = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert resp.status_code == 200
-    assert resp.headers["Content-Type"].startswith("text/plain")
-    return _samples(resp.get_data(as_text=True))
 
 
 # -- health ------------------------------------------------------------------------------------------------------------
