@@ -16,7 +16,7 @@ import requests
 from app import observability
 from tests.support import services
 from tests.support.browser import Customer, csrf_token
-from tests.support.metrics import TOKEN
+from tests.support.metrics import TOKEN, Meter
 from tests.support.metrics import samples as _samples
 from tests.support.metrics import scrape as _scrape
 from tests.support.metrics import value as _value
@@ -256,3 +256,51 @@ def test_gunicorn_workers_share_metrics_and_log_json():
         entries = [json.loads(line) for line in app_lines]  # every application line is JSON
         assert any(e.get("request_id") == "live-1" and e["message"] == "sign-in failed method=pwd" for e in entries)
         assert "nobody@example.com" not in log
+
+
+def test_consent_grants_and_withdrawals_are_counted_by_channel(make_app, customer):
+    """idp_consent_events{action, channel}: one count per ledger event, none when nothing changed."""
+    from tests.test_account_api import _bearer, _brand_app, _sign_in
+
+    app = make_app(IDP_METRICS_TOKEN=TOKEN)
+    client = app.test_client()
+    meter = Meter(client)
+
+    def count(action, channel):
+        return meter.delta("idp_consent_events_total", action=action, channel=channel)
+
+    shop = _brand_app(app, "Web Shop", "https://shop.example/cb")
+    tv = _brand_app(app, "TV Box", "https://tv.example/cb")
+    who = Customer(client, customer["email"], customer["password"])
+    denied = who.follow(who.authorize(response_type="code", client_id=tv["client_id"],
+                                      redirect_uri=tv["redirect_uri"], scope="openid email"), consent="deny")
+    assert "error=access_denied" in denied.headers["Location"]
+    assert count("granted", "consent_page") == 0  # Deny records nothing
+
+    shop_tok = _sign_in(client, customer, shop, "openid email account marketing offline_access")
+    assert count("granted", "consent_page") == 1
+    _sign_in(client, customer, shop, "openid email account marketing offline_access")  # nothing new to allow
+    assert count("granted", "consent_page") == 1
+    _sign_in(client, customer, tv, "openid email analytics")
+    assert count("granted", "consent_page") == 2
+
+    # The account centre: one item from one app.
+    page = client.get("/account/apps").get_data(as_text=True)
+    assert client.post("/account/apps/withdraw", data={"csrf_token": csrf_token(page), "client_id": tv["client_id"],
+                                                       "item": "analytics"}).status_code == 303
+    assert count("withdrawn", "account_centre") == 1
+    # The Account API: one item from every app is one event per app; withdrawing it again records nothing.
+    assert client.delete("/account/api/items/email", headers=_bearer(shop_tok)).status_code == 200
+    assert count("withdrawn", "api") == 2
+    assert client.delete("/account/api/items/email", headers=_bearer(shop_tok)).status_code == 404
+    assert count("withdrawn", "api") == 2
+    assert count("withdrawn", "account_centre") == 1 and count("granted", "consent_page") == 2
+
+    # A first-party (trusted) app is allowed without a consent page: the grant is counted under its own channel.
+    from app.cli import create_client
+
+    with app.app_context():
+        c, secret = create_client("Own App", ["https://own.example/cb"], trusted=True)
+        own = {"client_id": c.client_id, "client_secret": secret, "redirect_uri": "https://own.example/cb"}
+    _sign_in(client, customer, own, "openid email")
+    assert count("granted", "first_party") == 1 and count("granted", "consent_page") == 2
