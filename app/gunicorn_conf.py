@@ -35,7 +35,13 @@ What is set and why:
   strings carry authorization codes, ``state``, device user codes, ``id_token_hint`` and, from misbehaving
   clients, access tokens — and no ``Referer`` (``%(f)s``), which can carry a relying party's callback URL
   with its code. No request headers either (``Authorization``, cookies). Fields: client address, time,
-  method, path, protocol, status, bytes, duration in ms, user agent.
+  method, path, protocol, status, bytes, duration in ms, user agent and the response's ``X-Request-ID``
+  (the request id of the app's log lines for that request). With ``IDP_LOG_FORMAT=json`` each access line is
+  a JSON object instead, with the app's key names (``time``, ``level``, ``request_id``, ``method``, ``path`` …):
+  the ``post_worker_init`` hook puts ``app.observability.AccessJsonFormatter`` on the worker's access
+  handlers, which builds the object from the request's values (gunicorn fills ``access_log_format`` without
+  JSON escaping) and keeps gunicorn's own handlers, so ``GUNICORN_ACCESSLOG`` and ``--access-logfile``
+  still decide where the lines go.
 * **preload_app** ``False``: each worker imports the app itself after the fork. With preloading, the master
   would open the key ring (reading ``IDP_KEYS_DIR``, or the database with ``IDP_KEYS_STORE=database``), the
   SQLAlchemy engine (``_tune_sqlite``/the embedded store touch it) and the Redis pools before forking, and
@@ -51,6 +57,7 @@ What is set and why:
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 
@@ -104,8 +111,11 @@ accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 errorlog = os.environ.get("GUNICORN_ERRORLOG", "-")
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # %(U)s is the path WITHOUT the query string. Never add %(q)s, %(r)s (the request line includes the query),
-# %(f)s (Referer) or %({…}i)s request headers: codes and tokens travel there.
-access_log_format = '%(h)s - - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
+# %(f)s (Referer) or %({…}i)s request headers: codes and tokens travel there. The last field is the response's
+# X-Request-ID (the app sets it on every response; "-" on gunicorn's own error pages).
+access_log_format = '%(h)s - - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s" %({x-request-id}o)s'
+# The app reads the same variable (app/config.py): with json its access lines are JSON too (post_worker_init).
+json_logs = os.environ.get("IDP_LOG_FORMAT", "").strip() == "json"
 
 # -- process model --------------------------------------------------------------------------------------------------
 
@@ -117,6 +127,20 @@ if _control_socket:
     control_socket = _control_socket
 else:
     control_socket_disable = True  # unknown to older gunicorn versions, which ignore it
+
+
+def post_worker_init(worker):  # noqa: ARG001 - gunicorn's hook signature; the handlers are the logger's
+    """With ``IDP_LOG_FORMAT=json``, this worker writes its access lines as JSON objects.
+
+    Runs in each worker once the app is loaded, so the master never needs the app's modules; only the formatter
+    changes, so the destination (``accesslog``, syslog) and reopening on SIGUSR1 stay gunicorn's.
+    """
+    if not json_logs:
+        return
+    from app.observability import AccessJsonFormatter
+
+    for handler in logging.getLogger("gunicorn.access").handlers:
+        handler.setFormatter(AccessJsonFormatter())
 
 
 def post_fork(server, worker):  # noqa: ARG001 - gunicorn's hook signature

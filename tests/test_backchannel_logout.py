@@ -12,6 +12,7 @@ from joserfc.jwk import KeySet
 
 from tests.support.browser import csrf_token
 from tests.support.listener import Listener
+from tests.support.metrics import TOKEN, Meter
 from tests.test_conformance_rules import ISSUER, id_claims, tokens_for
 
 EVENT = "http://schemas.openid.net/event/backchannel-logout"
@@ -335,3 +336,46 @@ def test_account_centre_sign_out_of_a_session_sends_a_token(make_app, customer, 
         sessions.end(sessions.by_sid(idc["sid"]))
     c = _assert_logout_token(client, _only_token(listener.wait_for(1)[0]), rp)
     assert c["sid"] == idc["sid"]
+
+
+def test_delivery_outcomes_are_counted(make_app, customer, listener):
+    """idp_outbox_deliveries{kind="backchannel_logout"}: one count per attempt, by its outcome."""
+    app = make_app(IDP_OUTBOX_WORKER="off", IDP_METRICS_TOKEN=TOKEN)
+    client = app.test_client()
+    meter = Meter(client)
+    rp = _register(app, listener)
+    from app import outbox
+    from app.extensions import db
+
+    def logout_and_deliver(prepare=None):
+        """Sign in to the app, log out there, and make one delivery attempt of the queued logout token."""
+        tok = tokens_for(client, customer, rp)
+        assert client.get("/logout?" + urlencode({"id_token_hint": tok["id_token"]})).status_code in (200, 302)
+        with app.app_context():
+            row = db.session.execute(db.select(outbox.OutboxMessage).filter_by(delivered_at=None, failed_at=None)
+                                     ).scalar_one()
+            if prepare:
+                prepare(row)
+                db.session.commit()
+            assert outbox.deliver_due() == 1
+            db.session.refresh(row)
+            return row
+
+    def count(outcome):
+        return meter.delta("idp_outbox_deliveries_total", kind="backchannel_logout", outcome=outcome)
+
+    listener.fail(1, status=503)
+    row = logout_and_deliver()  # the receiver is down: retried later
+    assert row.last_error == "HTTP 503" and row.delivered_at is None and row.failed_at is None
+    assert (count("retry"), count("delivered"), count("failed")) == (1, 0, 0)
+    with app.app_context():
+        db.session.execute(db.update(outbox.OutboxMessage).values(next_attempt_at=0))  # due now
+        db.session.commit()
+        assert outbox.deliver_due() == 1  # the receiver is back
+    assert (count("retry"), count("delivered"), count("failed")) == (1, 1, 0)
+
+    listener.status = 500
+    row = logout_and_deliver(prepare=lambda r: setattr(r, "attempts", outbox.MAX_ATTEMPTS - 1))  # the last try
+    assert row.failed_at is not None and row.last_error == "HTTP 500"
+    assert (count("retry"), count("delivered"), count("failed")) == (1, 1, 1)
+    assert listener.attempts == 3

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from tests.support.browser import Customer, csrf_token, path_of
+from tests.support.metrics import TOKEN, Meter
 from tests.support.server import LiveServer
 
 PASSWORD = "upstream-password"
@@ -350,3 +351,43 @@ def test_upstream_refusal_is_shown_kindly_with_a_way_back(app, client, providers
     html = page.get_data(as_text=True)
     assert page.status_code == 400 and "Sign-in with Corp SSO was cancelled" in html
     assert f'href="/login?interaction={iid}"' in html
+
+
+# -- metrics: idp_signins{method="federation"} ------------------------------------------------------------------------
+
+@pytest.fixture
+def meter(app):
+    app.config["IDP_METRICS_TOKEN"] = TOKEN  # read per request by GET /metrics
+    return Meter(app.test_client())
+
+
+def test_a_wrong_password_proof_is_a_failed_federated_sign_in(app, client, providers, customer, meter):
+    resp = sign_in(client, "corp", email="ada@example.com")
+    assert resp.status_code == 303 and resp.headers["Location"].startswith("/federation/confirm?p=")
+    html = client.get(path_of(resp.headers["Location"])).get_data(as_text=True)
+    key = parse_qs(urlsplit(resp.headers["Location"]).query)["p"][0]
+    wrong = client.post("/federation/confirm", data={"csrf_token": csrf_token(html), "p": key, "password": "guess"})
+    assert wrong.status_code == 401
+    assert meter.delta("idp_signins_total", method="federation", result="failure") == 1
+    assert meter.delta("idp_signins_total", method="password", result="failure") == 0
+    right = client.post("/federation/confirm", data={"csrf_token": csrf_token(html), "p": key,
+                                                     "password": customer["password"]})
+    assert right.status_code == 303
+    assert meter.delta("idp_signins_total", method="federation", result="success") == 1
+    assert meter.delta("idp_signins_total", method="federation", result="failure") == 1
+
+
+def test_a_state_mismatch_counts_once_and_a_failed_link_not_at_all(app, client, providers, customer, meter):
+    callback = drive_upstream(start(client, "google"))
+    assert client.get(with_query(callback, state="A" * 32)).status_code == 400
+    assert meter.delta("idp_signins_total", method="federation", result="failure") == 1
+
+    # Linking in the account centre is not a sign-in: its replayed answer is refused but not counted.
+    Customer(client, customer["email"], customer["password"]).follow(client.get("/account"))
+    html = client.get("/account/identities").get_data(as_text=True)
+    resp = client.post("/account/identities/link", data={"csrf_token": csrf_token(html), "provider": "corp"})
+    linked = drive_upstream(resp.headers["Location"])
+    assert client.get(linked).status_code == 303
+    assert client.get(linked).status_code == 400
+    assert meter.delta("idp_signins_total", method="federation", result="failure") == 1
+    assert meter.delta("idp_signins_total", method="password", result="success") == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
@@ -12,6 +12,8 @@ from joserfc.jwk import ECKey
 
 from tests.support.browser import csrf_token, path_of
 from tests.support.fake_upstreams import APPLE_ISSUER, FakeUpstreams
+from tests.support.metrics import TOKEN, Meter
+from tests.support.server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +264,79 @@ def test_unknown_provider_pages(client, providers):
     assert client.get("/federation/nope/callback?code=a&state=b").status_code == 404
     assert client.post("/federation/nope/callback", data={"code": "a"}).status_code == 404
     assert client.get("/federation/NOT%20VALID/start").status_code == 404
+
+
+# -- metrics: idp_signins{method="federation"} ------------------------------------------------------------------------
+
+@pytest.fixture
+def meter(app):
+    app.config["IDP_METRICS_TOKEN"] = TOKEN  # read per request by GET /metrics
+    return Meter(app.test_client())
+
+
+def _replace_github(app, providers, client_secret="gh-secret", token_url=None):
+    result = app.test_cli_runner().invoke(args=[
+        "upstreams", "add", "--replace", "--name", "github", "--kind", "github", "--client-id", "gh-client",
+        "--client-secret", client_secret, "--trust-email", "--authorize-url", providers.url + "/github/authorize",
+        "--token-url", token_url or providers.url + "/github/token", "--api-base-url", providers.url + "/github/api"])
+    assert result.exit_code == 0, result.output
+
+
+def _forged_state(app, client, providers):
+    start(client, "github")
+    return client.get("/federation/github/callback?code=abc&state=" + "x" * 32)
+
+
+def _provider_error(app, client, providers):
+    state = parse_qs(urlsplit(start(client, "github")).query)["state"][0]
+    return client.get("/federation/github/callback?" + urlencode({"error": "server_error", "state": state}))
+
+
+def _provider_error_without_state(app, client, providers):
+    return client.get("/federation/github/callback?error=temporarily_unavailable")
+
+
+def _code_refused_by_the_token_endpoint(app, client, providers):
+    _replace_github(app, providers, client_secret="not-the-secret")
+    return social_sign_in(client, "github")
+
+
+def _token_endpoint_unreachable(app, client, providers):
+    _replace_github(app, providers, token_url=f"http://127.0.0.1:{free_port()}/token")
+    return social_sign_in(client, "github")
+
+
+def _invalid_id_token(app, client, providers):
+    providers.id_token_overrides = {"aud": "com.example.other"}
+    return apple_post(client, apple_authorize(client))
+
+
+def _posted_answer_replayed(app, client, providers):
+    form = apple_authorize(client)
+    target = path_of(client.post(urlsplit(form["action"]).path, data=form["fields"]).headers["Location"])
+    assert client.get(target).status_code == 303  # a sign-in that succeeds…
+    return client.get(target)                      # …and its replay, which fails
+
+
+@pytest.mark.parametrize("failure, status", [
+    (_forged_state, 400), (_provider_error, 400), (_provider_error_without_state, 400),
+    (_code_refused_by_the_token_endpoint, 400), (_token_endpoint_unreachable, 502), (_invalid_id_token, 400),
+    (_posted_answer_replayed, 400),
+], ids=lambda v: v.__name__.strip("_") if callable(v) else None)
+def test_each_failed_federated_sign_in_is_counted_once(app, client, providers, meter, failure, status):
+    resp = failure(app, client, providers)
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert meter.delta("idp_signins_total", method="federation", result="failure") == 1
+    replayed = failure is _posted_answer_replayed
+    assert meter.delta("idp_signins_total", method="federation", result="success") == (1 if replayed else 0)
+    assert meter.delta("idp_signins_total", method="password", result="failure") == 0
+    assert session_amr(app, client) == ([["fed"]] if replayed else [])
+
+
+def test_federated_success_is_counted_and_a_cancel_is_no_failure(app, client, providers, meter):
+    assert social_sign_in(client, "github").status_code == 303
+    assert meter.delta("idp_signins_total", method="federation", result="success") == 1
+    providers.deny = True  # the customer says no at the provider (error=access_denied)
+    assert social_sign_in(app.test_client(), "facebook").status_code == 400
+    assert meter.delta("idp_signins_total", method="federation", result="failure") == 0
+    assert meter.delta("idp_signins_total", method="federation", result="success") == 1

@@ -12,36 +12,18 @@ import time
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from app import observability
 from tests.support import services
 from tests.support.browser import Customer, csrf_token
+from tests.support.metrics import TOKEN, Meter
+from tests.support.metrics import samples as _samples
+from tests.support.metrics import scrape as _scrape
+from tests.support.metrics import value as _value
 from tests.support.server import LiveServer, free_port
 
-TOKEN = "metrics-" + "x" * 24
 JWT = ("eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkFkYSJ9."
        "c2lnbmF0dXJlLXZhbHVlLWdvZXMtaGVyZQ")
-
-
-def _samples(text: str) -> dict:
-    """{(sample name, frozenset(labels)): value} of a Prometheus text exposition."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def _value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def _scrape(client) -> dict:
-    resp = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert resp.status_code == 200
-    assert resp.headers["Content-Type"].startswith("text/plain")
-    return _samples(resp.get_data(as_text=True))
 
 
 # -- health ------------------------------------------------------------------------------------------------------------
@@ -300,3 +282,106 @@ def test_gunicorn_workers_share_metrics_and_log_json():
         entries = [json.loads(line) for line in app_lines]  # every application line is JSON
         assert any(e.get("request_id") == "live-1" and e["message"] == "sign-in failed method=pwd" for e in entries)
         assert "nobody@example.com" not in log
+
+
+def test_consent_grants_and_withdrawals_are_counted_by_channel(make_app, customer):
+    """idp_consent_events{action, channel}: one count per ledger event, none when nothing changed."""
+    from tests.test_account_api import _bearer, _brand_app, _sign_in
+
+    app = make_app(IDP_METRICS_TOKEN=TOKEN)
+    client = app.test_client()
+    meter = Meter(client)
+
+    def count(action, channel):
+        return meter.delta("idp_consent_events_total", action=action, channel=channel)
+
+    shop = _brand_app(app, "Web Shop", "https://shop.example/cb")
+    tv = _brand_app(app, "TV Box", "https://tv.example/cb")
+    who = Customer(client, customer["email"], customer["password"])
+    denied = who.follow(who.authorize(response_type="code", client_id=tv["client_id"],
+                                      redirect_uri=tv["redirect_uri"], scope="openid email"), consent="deny")
+    assert "error=access_denied" in denied.headers["Location"]
+    assert count("granted", "consent_page") == 0  # Deny records nothing
+
+    shop_tok = _sign_in(client, customer, shop, "openid email account marketing offline_access")
+    assert count("granted", "consent_page") == 1
+    _sign_in(client, customer, shop, "openid email account marketing offline_access")  # nothing new to allow
+    assert count("granted", "consent_page") == 1
+    _sign_in(client, customer, tv, "openid email analytics")
+    assert count("granted", "consent_page") == 2
+
+    # The account centre: one item from one app.
+    page = client.get("/account/apps").get_data(as_text=True)
+    assert client.post("/account/apps/withdraw", data={"csrf_token": csrf_token(page), "client_id": tv["client_id"],
+                                                       "item": "analytics"}).status_code == 303
+    assert count("withdrawn", "account_centre") == 1
+    # The Account API: one item from every app is one event per app; withdrawing it again records nothing.
+    assert client.delete("/account/api/items/email", headers=_bearer(shop_tok)).status_code == 200
+    assert count("withdrawn", "api") == 2
+    assert client.delete("/account/api/items/email", headers=_bearer(shop_tok)).status_code == 404
+    assert count("withdrawn", "api") == 2
+    assert count("withdrawn", "account_centre") == 1 and count("granted", "consent_page") == 2
+
+    # A first-party (trusted) app is allowed without a consent page: the grant is counted under its own channel.
+    from app.cli import create_client
+
+    with app.app_context():
+        c, secret = create_client("Own App", ["https://own.example/cb"], trusted=True)
+        own = {"client_id": c.client_id, "client_secret": secret, "redirect_uri": "https://own.example/cb"}
+    _sign_in(client, customer, own, "openid email")
+    assert count("granted", "first_party") == 1 and count("granted", "consent_page") == 2
+
+
+# -- gunicorn's access log with the production configuration ----------------------------------------------------------
+
+def _log_when(server, *markers: str, timeout: float = 10) -> str:
+    """The server's log once every marker appears in it (gunicorn writes the access line after the response)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = server.log_tail(400)
+        if all(m in log for m in markers) or time.monotonic() > deadline:
+            return log
+        time.sleep(0.2)
+
+
+def test_gunicorn_access_lines_carry_the_request_id_and_no_query_string():
+    with LiveServer(workers=1, gunicorn_config="python:app.gunicorn_conf") as server:
+        r = requests.get(server.url + "/login?next=/account&code=c0de-in-the-query", timeout=10,
+                         headers={"X-Request-ID": "access-1", "Referer": "https://shop.example/cb?code=ref-c0de"})
+        assert r.status_code == 200 and r.headers["X-Request-ID"] == "access-1"
+        made = requests.get(server.url + "/healthz", timeout=10).headers["X-Request-ID"]  # an id the app made
+        log = _log_when(server, "access-1", made)
+    lines = [line for line in log.splitlines() if '"GET /login HTTP/1.1" 200' in line]
+    assert len(lines) == 1 and lines[0].endswith(" access-1"), log
+    assert any(line.endswith(" " + made) for line in log.splitlines() if '"GET /healthz HTTP/1.1" 200' in line)
+    assert "c0de" not in log and "next=" not in log and "shop.example" not in log
+
+
+def test_gunicorn_access_lines_are_json_with_the_apps_keys_under_idp_log_format_json():
+    agent = 'probe "quoted" \\ agent'
+    with LiveServer(workers=1, gunicorn_config="python:app.gunicorn_conf", env={"IDP_LOG_FORMAT": "json"}) as server:
+        s = requests.Session()
+        page = s.get(server.url + "/login", timeout=10)
+        r = s.post(server.url + "/login?code=c0de-in-the-query&state=st4te", timeout=10,
+                   headers={"X-Request-ID": "access-json-1", "User-Agent": agent,
+                            "Referer": "https://shop.example/cb?code=ref-c0de"},
+                   data={"csrf_token": csrf_token(page.text), "email": "nobody@example.com", "password": "wrong"})
+        assert r.status_code == 401 and r.headers["X-Request-ID"] == "access-json-1"
+        odd = requests.get(server.url + '/no"such\\path', timeout=10)  # quotes and backslashes survive as JSON
+        assert odd.status_code == 404
+        log = _log_when(server, '"access-json-1"', odd.headers["X-Request-ID"])
+    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    access = [e for e in entries if e["logger"] == "gunicorn.access"]
+    assert access and all(line.startswith("{") for line in log.splitlines() if "HTTP/1.1" in line)
+    (posted,) = [e for e in access if e["request_id"] == "access-json-1"]
+    assert (posted["method"], posted["path"], posted["status"], posted["level"]) == ("POST", "/login", 401, "INFO")
+    assert posted["user_agent"] == agent and posted["protocol"] == "HTTP/1.1" and posted["message"] == "POST /login 401"
+    assert isinstance(posted["duration_ms"], int) and posted["remote_addr"] == "127.0.0.1" and posted["time"]
+    # The app's own line for that request has the same request id under the same key names.
+    (app_line,) = [e for e in entries if e["logger"].startswith("app.") and e.get("request_id") == "access-json-1"]
+    assert app_line["message"] == "sign-in failed method=pwd"
+    assert {"time", "level", "request_id", "method", "path"} <= set(app_line) & set(posted)
+    (missing,) = [e for e in access if e["request_id"] == odd.headers["X-Request-ID"]]
+    assert missing["path"] == '/no"such\\path' and missing["status"] == 404
+    for secret in ("c0de", "st4te", "state=", "shop.example", "nobody@example.com"):
+        assert secret not in log

@@ -32,11 +32,15 @@ AMR_VALUE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
 class Refused(Exception):
-    """The callback must not be believed; ``reason`` is for the log, the customer gets a friendly page."""
+    """The callback must not be believed; ``reason`` is for the log, the customer gets a friendly page.
 
-    def __init__(self, reason: str):
+    ``pending`` is the state record when one was found (None for an unknown state): its ``mode`` tells a
+    failed sign-in from a failed link.
+    """
+
+    def __init__(self, reason: str, pending: dict | None = None):
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.pending = reason, pending
 
 
 class Cancelled(Exception):
@@ -111,11 +115,11 @@ def take_state(up: Upstream, params: dict) -> dict:
     if pending is None:
         raise Refused("unknown or expired state")
     if not first:
-        raise Refused("replayed state")
+        raise Refused("replayed state", pending)
     if not same(pending.get("bid", ""), session.get("bid", "")):
-        raise Refused("state started in another browser")
+        raise Refused("state started in another browser", pending)
     if pending.get("provider") != up.name:
-        raise Refused(f"state was started for provider {pending.get('provider')}, not {up.name}")
+        raise Refused(f"state was started for provider {pending.get('provider')}, not {up.name}", pending)
     return pending
 
 
@@ -144,6 +148,15 @@ def complete(up: Upstream, params: dict) -> tuple[Identity, dict]:
             pending = None
         raise Cancelled(str(params.get("error"))[:64], pending)
     pending = take_state(up, params)
+    try:
+        return _redeem(up, params, pending)
+    except (Refused, ProviderError) as exc:
+        exc.pending = pending  # the caller tells a failed sign-in from a failed link
+        raise
+
+
+def _redeem(up: Upstream, params: dict, pending: dict) -> tuple[Identity, dict]:
+    """After a good state: the ``iss`` parameter, the code exchange and the ID token or profile API."""
     _check_iss_parameter(up, params)
     code = params.get("code")
     if not code or len(code) > 4096:

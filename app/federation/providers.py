@@ -56,6 +56,8 @@ PRESETS: dict[str, dict] = {
 class ProviderError(Exception):
     """The provider is misconfigured or unreachable (the customer sees a friendly page; the log has the reason)."""
 
+    pending: dict | None = None  # flow.complete: the state record, once the state was good
+
 
 @dataclass(frozen=True)
 class Upstream:

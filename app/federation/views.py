@@ -20,7 +20,7 @@ import re
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from .. import interactions
+from .. import interactions, observability
 from ..accounts import service, sessions
 from ..crypto import random_token, same
 from ..extensions import csrf, limiter
@@ -60,8 +60,15 @@ def _unknown_provider():
                     _("Choose another way to sign in."), 404)
 
 
-def _unavailable(up, exc):
+def _failed(pending: dict | None) -> None:
+    """Count a failed federated sign-in, once per failure page (linking in the account centre is no sign-in)."""
+    if (pending or {}).get("mode") != "link":
+        observability.signin_failed("federation")
+
+
+def _unavailable(up, exc, pending: dict | None = None):
     log.warning("upstream %s unavailable: %s", up.name, exc)
+    _failed(pending)
     return _problem(_("%(name)s is not available right now", name=up.label),
                     _("Please try again in a moment, or choose another way to sign in."), 502)
 
@@ -114,23 +121,25 @@ def callback(name):
         identity, pending = flow.complete(up, params)
     except flow.Cancelled as exc:
         log.info("upstream %s answered error=%s", up.name, exc.error)
-        if exc.error == "access_denied":
+        if exc.error == "access_denied":  # the customer said no: a cancel, like a dismissed passkey prompt
             return _problem(_("Sign-in with %(name)s was cancelled", name=up.label),
                             _("Nothing was shared. You can try again or choose another way to sign in."), 400,
                             exc.pending)
+        _failed(exc.pending)
         return _problem(_("%(name)s could not sign you in", name=up.label),
                         _("Please try again, or choose another way to sign in."), 400, exc.pending)
     except flow.Refused as exc:
-        return _refused(up, exc.reason)
+        return _refused(up, exc.reason, exc.pending)
     except providers.ProviderError as exc:
-        return _unavailable(up, exc)
+        return _unavailable(up, exc, exc.pending)
     if pending["mode"] == "link":
         return _link_signed_in(up, identity, pending)
     return _sign_in(identity, pending)
 
 
-def _refused(up, reason: str):
+def _refused(up, reason: str, pending: dict | None = None):
     log.warning("federated sign-in with %s refused: %s", up.name, reason)
+    _failed(pending)
     return _problem(_("This sign-in could not be completed"),
                     _("The answer from %(name)s was not valid for this browser, or it was already used. "
                       "Start again from the sign-in page.", name=up.label), 400)
@@ -140,6 +149,7 @@ def _sign_in(identity: flow.Identity, pending: dict):
     try:
         decision = linking.decide(identity)
     except (service.AccountError, linking.LinkError) as exc:  # a concurrent sign-in won the race
+        _failed(pending)
         return _problem(_("This sign-in could not be completed"), _(str(exc)), 409, pending)
     if decision.action == linking.SIGN_IN:
         return _finish(decision.user, identity, pending)
@@ -152,7 +162,7 @@ def _sign_in(identity: flow.Identity, pending: dict):
 def _link_signed_in(up, identity: flow.Identity, pending: dict):
     current = sessions.current()
     if current is None or current.user_id != pending.get("user_id"):
-        return _refused(up, "link finished by another customer or after sign-out")
+        return _refused(up, "link finished by another customer or after sign-out", pending)
     try:
         linking.link(current.user, identity, how="account_centre")
     except linking.LinkError as exc:
@@ -265,8 +275,10 @@ def confirm():
             try:
                 linking.link(user, identity, how="password_proof")
             except linking.LinkError as exc:
+                _failed(pending)
                 return _problem(_("This sign-in could not be completed"), _(str(exc)), 409, pending)
             return _finish(user, identity, pending, extra_amr=("pwd",))
+        _failed(pending)  # each wrong password, as on the sign-in page
         pending["attempts"] += 1
         if pending["attempts"] >= MAX_PROOF_ATTEMPTS:
             store().delete(PENDING_PREFIX + pending["key"])
