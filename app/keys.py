@@ -482,8 +482,16 @@ class KeyRing(BaseKeyRing):
         except FileNotFoundError:
             entries, st = [], None
         validate_entries(entries, RING_FILE)  # before a kid becomes a file name
-        keys = {e["kid"]: self._read_private(e)[0] for e in entries}
-        return entries, keys, self._sig(st)
+        read = {e["kid"]: self._read_private(e) for e in entries}
+        if self._cipher is not None and len({encrypted for _, encrypted in read.values()}) > 1:
+            # Encryption also vouches for the keys: only a holder of IDP_KEY_ENCRYPTION_KEY can add one. A plaintext
+            # file beside encrypted ones was not written by this app (it writes every key encrypted once a key is
+            # set); believing it would let anyone who can write to the folder choose the signing key. Only a ring
+            # that is plaintext throughout (written before encryption was turned on) is read, and ensure() encrypts it.
+            plain = sorted(kid for kid, (_, encrypted) in read.items() if not encrypted)
+            raise KeyRingError(f"{self.directory} mixes encrypted key files with plaintext ones ({', '.join(plain)}): "
+                               "refused; remove the plaintext files and their entries in keyring.json")
+        return entries, {kid: key for kid, (key, _) in read.items()}, self._sig(st)
 
     def _read_private(self, entry: dict):
         """The private key of ``entry`` from its file, and whether the file is encrypted."""

@@ -379,6 +379,29 @@ def test_plaintext_ring_is_encrypted_at_start_once_a_key_is_set(tmp_path, enc_ke
     assert warnings == []
 
 
+def test_a_plaintext_key_planted_in_an_encrypted_ring_is_refused(tmp_path, enc_key):
+    """Whoever can write to the folder but lacks IDP_KEY_ENCRYPTION_KEY cannot choose the signing key."""
+    ring = KeyRing(tmp_path / "keys", encryption_key=aes_key(enc_key), stat_interval=0)
+    ring.ensure()
+    honest = ring.signing_key("RS256").kid
+    planted = KeyRing(tmp_path / "planted")
+    planted.ensure()
+    evil = planted.signing_key("RS256")
+    # The attacker writes their own key in plaintext and names it the current RS256 key.
+    (tmp_path / "keys" / f"{evil.kid}.json").write_text(json.dumps(evil.as_dict(private=True)))
+    doc = json.loads((tmp_path / "keys" / "keyring.json").read_text())
+    for e in doc["keys"]:
+        if e["alg"] == "RS256" and e["state"] == "current":
+            e["kid"] = evil.kid
+    (tmp_path / "keys" / "keyring.json").write_text(json.dumps(doc))
+
+    assert ring.signing_key("RS256").kid == honest          # a running process keeps the keys it had
+    assert evil.kid not in {k["kid"] for k in ring.public_jwks()["keys"]}
+    with pytest.raises(KeyRingError, match="mixes encrypted key files with plaintext ones"):
+        KeyRing(tmp_path / "keys", encryption_key=aes_key(enc_key)).ensure()   # and a new one will not start
+    assert "encrypted" not in json.loads((tmp_path / "keys" / f"{evil.kid}.json").read_text())  # nor encrypt it
+
+
 def test_production_mode_refuses_the_files_store_without_an_encryption_key(make_app, tmp_path, enc_key):
     prod = {"IDP_ISSUER": "https://id.example.com", "SECRET_KEY": secrets.token_urlsafe(40),
             "IDP_KEYS_DIR": str(tmp_path / "keys")}
