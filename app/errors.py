@@ -41,19 +41,33 @@ def _wants_json() -> bool:
     return request.path.startswith(JSON_PREFIXES)
 
 
-def is_outage(e: BaseException) -> bool:
-    """A backing service is unreachable, stalled or busy (not a defect): Redis connection or timeout errors, and the
-    database's operational errors (connection lost, pool exhausted, deadlock, lock timeout)."""
-    import redis.exceptions
-    import sqlalchemy.exc
+# PostgreSQL SQLSTATEs of a server that is unreachable, overloaded or in the way for now (a retry may succeed):
+# connection exceptions, too many connections, serialization failure, deadlock, lock timeout, statement timeout,
+# shutdown and start-up. Anything else (a full disk, a value too large, a schema error) is a defect or needs an
+# operator: a 500 with its traceback in the log.
+_PG_TRANSIENT = ("08", "53300", "40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03")
 
-    if isinstance(e, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, sqlalchemy.exc.TimeoutError)):
+
+def is_outage(e: BaseException) -> bool:
+    """A backing service is unreachable, stalled or busy for now (not a defect, not the request's fault)."""
+    import redis.exceptions as rx
+    import sqlalchemy.exc as sx
+
+    if isinstance(e, (rx.AuthenticationError, rx.AuthorizationError)):
+        return False  # Redis refuses our credentials: configuration, not an outage
+    if isinstance(e, (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, rx.TryAgainError, sx.TimeoutError)):
+        return True  # Redis down, stalled, loading, a replica after failover; the pool exhausted
+    if not isinstance(e, sx.DBAPIError):
+        return False
+    if e.connection_invalidated:
         return True
-    if isinstance(e, sqlalchemy.exc.OperationalError):
-        if type(e.orig).__module__.startswith("sqlite3"):  # SQLite's also covers schema errors: only a busy file
-            return "locked" in str(e.orig) or "busy" in str(e.orig)
-        return True  # PostgreSQL (psycopg): connection lost or refused, deadlock, lock or statement timeout
-    return False
+    sqlite_error = getattr(e.orig, "sqlite_errorname", None)
+    if sqlite_error is not None:
+        return sqlite_error.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+    sqlstate = getattr(e.orig, "sqlstate", None)
+    if sqlstate is None:  # psycopg failed before any server answer: refused, unreachable, timed out
+        return isinstance(e, sx.OperationalError)
+    return sqlstate.startswith(_PG_TRANSIENT)
 
 
 def register_error_handlers(app) -> None:

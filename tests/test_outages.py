@@ -62,3 +62,58 @@ def test_an_unreachable_redis_fails_requests_with_503(make_app, rp):
                                                   "redirect_uri": rp["redirect_uri"], "code_verifier": "v" * 43},
                                   auth=(rp["client_id"], rp["client_secret"]))
     assert resp.status_code == 503 and resp.get_json()["error"] == "temporarily_unavailable"
+
+
+def _raised(engine, sql: str, **params):
+    import sqlalchemy as sa
+
+    with pytest.raises(sa.exc.DBAPIError) as caught, engine.connect() as conn:
+        conn.execute(sa.text(sql), params)
+    return caught.value
+
+
+def test_only_transient_database_errors_count_as_an_outage(tmp_path):
+    """A 503 with Retry-After where a retry may succeed; a 500 with the traceback logged for everything else."""
+    import sqlalchemy as sa
+
+    from app.errors import is_outage
+    from tests.support import services
+
+    lite = sa.create_engine(f"sqlite:///{tmp_path / 'x.sqlite3'}", connect_args={"timeout": 0})
+    with lite.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE t (locked_until INTEGER)"))
+    assert not is_outage(_raised(lite, "SELECT no_such_column FROM t"))  # a schema error, even with "locked" near
+    assert not is_outage(_raised(lite, "SELECT locked FROM t"))
+    holder = lite.connect()
+    holder.exec_driver_sql("BEGIN IMMEDIATE")
+    try:
+        assert is_outage(_raised(lite, "INSERT INTO t VALUES (1)"))  # database is locked (SQLITE_BUSY)
+    finally:
+        holder.rollback()
+        holder.close()
+    lite.dispose()
+
+    pg = sa.create_engine(services.create_postgres_database())
+    try:
+        assert is_outage(_raised(pg, "SET statement_timeout = 1; SELECT pg_sleep(1)"))       # 57014
+        assert not is_outage(_raised(pg, "SELECT 1 / 0"))                                   # 22012
+        assert not is_outage(_raised(pg, "SELECT no_such_column FROM pg_class"))            # 42703
+    finally:
+        url = pg.url.render_as_string(hide_password=False)
+        pg.dispose()
+        services.drop_postgres_database(url)
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    dead = sa.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/x")
+    assert is_outage(_raised(dead, "SELECT 1"))                                             # refused
+
+
+def test_redis_errors_that_are_configuration_are_not_an_outage():
+    import redis.exceptions as rx
+
+    from app.errors import is_outage
+
+    assert is_outage(rx.ConnectionError("Connection refused")) and is_outage(rx.TimeoutError("Timeout"))
+    assert is_outage(rx.ReadOnlyError("You can't write against a read only replica."))
+    assert not is_outage(rx.AuthenticationError("invalid username-password pair"))
+    assert not is_outage(rx.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"))
