@@ -167,8 +167,8 @@ def load(overrides: dict | None, instance_path: str) -> dict:
         IDP_LOCALES=("en", "tr"),
         IDP_RATELIMIT_STORAGE_EXPLICIT=bool(cfg.get("RATELIMIT_STORAGE_URI")),
         RATELIMIT_STORAGE_URI=cfg.get("RATELIMIT_STORAGE_URI") or cfg.get("REDIS_URL") or "memory://",
-        RATELIMIT_STORAGE_OPTIONS=redis_options(cfg) if cfg.get("REDIS_URL") and not cfg.get("RATELIMIT_STORAGE_URI")
-        else {},
+        RATELIMIT_STORAGE_OPTIONS=redis_options(cfg) if str(cfg.get("RATELIMIT_STORAGE_URI") or cfg.get("REDIS_URL")
+                                                                 or "").startswith(("redis://", "rediss://")) else {},
         RATELIMIT_HEADERS_ENABLED=True,
         PREFERRED_URL_SCHEME=issuer.scheme,
     )
@@ -182,22 +182,43 @@ def _engine_options(cfg: dict) -> dict:
         return {"connect_args": {"timeout": 15}, "hide_parameters": True}
     # No pre-ping (a SELECT 1 before every request); connections are recycled instead, and a connection
     # that died meanwhile fails one request and is replaced.
+    # A server that cannot be reached fails the connect within 10 s, and one that stops acknowledging a statement
+    # within 30 s (tcp_user_timeout), instead of holding the request's thread for the kernel's default of minutes;
+    # keepalives find a dead idle connection in the pool.
     return {"pool_recycle": 1800, "pool_size": int(cfg["IDP_DB_POOL_SIZE"]),
-            "max_overflow": int(cfg["IDP_DB_MAX_OVERFLOW"]), "hide_parameters": True}
+            "max_overflow": int(cfg["IDP_DB_MAX_OVERFLOW"]), "hide_parameters": True,
+            "connect_args": {"connect_timeout": 10, "tcp_user_timeout": 30000, "keepalives": 1,
+                             "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}}
 
 
 def redis_options(cfg) -> dict:
     """Keyword arguments of every Redis client of the app: a dead or stalled Redis fails a request in bounded time."""
-    timeout = float(cfg.get("IDP_REDIS_TIMEOUT") or 5)
+    timeout = float(cfg["IDP_REDIS_TIMEOUT"])
     return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "health_check_interval": 30}
 
 
+UNIX_PEER = "unix"  # in IDP_TRUSTED_PROXY_ADDRESSES: a proxy connected over a unix socket (no peer address)
+
+
 def trusted_proxy_networks(cfg) -> list:
-    """IDP_TRUSTED_PROXY_ADDRESSES as ip_network objects (ValueError on a malformed entry)."""
+    """IDP_TRUSTED_PROXY_ADDRESSES as ip_network objects, and ``UNIX_PEER`` if listed (ValueError on a malformed,
+    host-bits-set, zone-scoped or catch-all entry: each would trust more peers than it names)."""
     import ipaddress
 
-    return [ipaddress.ip_network(part.strip(), strict=False)
-            for part in str(cfg.get("IDP_TRUSTED_PROXY_ADDRESSES") or "").split(",") if part.strip()]
+    found = []
+    for part in (p.strip() for p in str(cfg.get("IDP_TRUSTED_PROXY_ADDRESSES") or "").split(",")):
+        if not part:
+            continue
+        if part == UNIX_PEER:
+            found.append(UNIX_PEER)
+            continue
+        if "%" in part:
+            raise ValueError(f"{part!r}: no zone ids (an address is matched on every interface)")
+        net = ipaddress.ip_network(part)  # strict: 10.0.0.5/8 is refused rather than read as all of 10/8
+        if net.prefixlen == 0:
+            raise ValueError(f"{part!r} trusts every address")
+        found.append(net)
+    return found
 
 
 class ConfigError(RuntimeError):
@@ -221,6 +242,11 @@ def validate(cfg: dict) -> None:
         raise ConfigError("rate limiting needs REDIS_URL outside development mode: counters in each process's "
                           "memory would let a client make the limit's worth of attempts on every worker and node "
                           "(IDP_RATELIMIT_STORAGE_URI=memory:// accepts that explicitly)")
+    if int(cfg["IDP_DB_POOL_SIZE"]) < 1 or int(cfg["IDP_DB_MAX_OVERFLOW"]) < 0:
+        raise ConfigError("IDP_DB_POOL_SIZE must be 1 or more and IDP_DB_MAX_OVERFLOW 0 or more "
+                          "(SQLAlchemy reads 0 and -1 as 'no limit')")
+    if not float(cfg["IDP_REDIS_TIMEOUT"]) > 0:
+        raise ConfigError("IDP_REDIS_TIMEOUT must be a number of seconds above 0")
     hops = int(cfg.get("IDP_TRUSTED_PROXIES") or 0)
     try:
         networks = trusted_proxy_networks(cfg)

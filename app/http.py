@@ -17,33 +17,41 @@ def client_ip() -> str:
 
 class TrustedProxies:
     """werkzeug's ProxyFix (``hops`` proxies' X-Forwarded-For and X-Forwarded-Proto), applied only to a connection
-    from one of ``networks``.
+    from one of ``networks`` (``"unix"``: a proxy on a unix socket, whose peer has no address).
 
     ProxyFix alone believes the headers from whoever connects: a client that reaches a node directly (a port
     left open, a misrouted request) would choose its own address, and so its rate limits and audit records.
-    gunicorn's ``forwarded_allow_ips`` does not prevent that: it only governs the scheme headers. On any other
-    connection the headers are ignored and the peer's address is the client's.
+    gunicorn's ``forwarded_allow_ips`` does not prevent that: it only governs the scheme headers. With more than
+    one hop, the addresses the inner proxies appended must be trusted too; otherwise a client that reaches an
+    inner proxy directly could write the outer one's entry. On any other connection the headers are ignored
+    and the peer's address is the client's.
     """
 
     def __init__(self, app, hops: int, networks: list):
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         self.app = app
+        self.hops = hops
         self.fixed = ProxyFix(app, x_for=hops, x_proto=hops)
-        self.networks = tuple(networks)
+        self.unix = "unix" in networks
+        self.networks = tuple(n for n in networks if n != "unix")
 
     def trusted(self, addr: str | None) -> bool:
+        if not addr:
+            return self.unix
         try:
-            peer = ipaddress.ip_address((addr or "").split("%", 1)[0])
+            peer = ipaddress.ip_address(addr)
         except ValueError:
-            return False
+            return False  # malformed: never a configured proxy
         if peer.version == 6 and peer.ipv4_mapped:  # ::ffff:10.0.0.1 from a dual-stack socket
             peer = peer.ipv4_mapped
         return any(peer in net for net in self.networks)
 
     def __call__(self, environ, start_response):
         if self.trusted(environ.get("REMOTE_ADDR")):
-            return self.fixed(environ, start_response)
+            inner = [a.strip() for a in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")][::-1][:self.hops - 1]
+            if all(self.trusted(a) for a in inner):
+                return self.fixed(environ, start_response)
         return self.app(environ, start_response)
 
 

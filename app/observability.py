@@ -201,7 +201,8 @@ def metrics():
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 # Any address: non-ASCII local parts and domains, and hosts without a dot (bob@localhost) too.
-_EMAIL = re.compile(r"([\w.%+-])[\w.%+-]*@([\w-]+(?:\.[\w-]+)*)")
+# Anchored at the start of a run (the lookbehind), so a long run without "@" (a User-Agent) costs linear time.
+_EMAIL = re.compile(r"(?<![\w.%+-])([\w.%+-])[\w.%+-]*@([\w-]+(?:\.[\w-]+)*)")
 # A PHC-format argon2 hash: its salt and digest are standard base64 (with + and /), which _LONG_TOKEN would split.
 _PASSWORD_HASH = re.compile(r"\$argon2(?:id|i|d)\$[A-Za-z0-9+/=,$.-]*")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")

@@ -61,7 +61,9 @@ def store_redis_url():
     """The Redis database of the production-mode runs (PostgreSQL + Redis), emptied before and after each test."""
     import redis
 
-    url = services.redis_url().rsplit("/", 1)[0] + "/12"
+    from urllib.parse import urlsplit
+
+    url = urlsplit(services.redis_url())._replace(path="/12").geturl()
     client = redis.Redis.from_url(url)
     yield url, client
     client.flushdb()

@@ -64,10 +64,35 @@ def test_a_client_cannot_escape_its_rate_limit_with_a_forged_forwarded_for(make_
     assert [token(PROXY, "192.0.2.50") for _ in range(4)] == [200, 200, 200, 429]
 
 
-@pytest.mark.parametrize("addresses", ["", "   ", "10.0.0.0/33", "proxy.internal"])
+def test_with_two_hops_the_inner_proxy_entry_must_be_trusted_too(make_app):
+    seen = _seen(make_app(IDP_TRUSTED_PROXIES=2, IDP_TRUSTED_PROXY_ADDRESSES="10.0.0.0/24"))
+    # Load balancer 10.0.0.7 appended the client; the inner proxy (the peer) appended the load balancer.
+    assert seen(PROXY, **{"X-Forwarded-For": "203.0.113.7, 10.0.0.7"})["addr"] == "203.0.113.7"
+    # A client that reached the inner proxy directly wrote the "load balancer's" entry itself: not believed.
+    assert seen(PROXY, **{"X-Forwarded-For": "203.0.113.7, 198.51.100.9"})["addr"] == PROXY
+    assert seen(PROXY, **{"X-Forwarded-For": "203.0.113.7"})["addr"] == PROXY  # fewer entries than hops
+
+
+def test_a_proxy_on_a_unix_socket_is_trusted_only_when_listed(make_app):
+    listed = _seen(make_app(IDP_TRUSTED_PROXIES=1, IDP_TRUSTED_PROXY_ADDRESSES="unix"))
+    assert listed("", **{"X-Forwarded-For": "203.0.113.7"})["addr"] == "203.0.113.7"  # gunicorn on unix:…: no peer
+    assert listed(OUTSIDER, **{"X-Forwarded-For": "203.0.113.7"})["addr"] == OUTSIDER
+    unlisted = _seen(_proxied_app(make_app))
+    assert unlisted("", **{"X-Forwarded-For": "203.0.113.7"})["addr"] in ("", None)
+
+
+@pytest.mark.parametrize("addresses", ["", "   ", "10.0.0.0/33", "proxy.internal", "10.0.0.5/8", "0.0.0.0/0", "::/0",
+                                       "fe80::1%eth0"])
 def test_trusted_proxies_need_valid_addresses(make_app, addresses):
     with pytest.raises(ConfigError, match="IDP_TRUSTED_PROXY_ADDRESSES"):
         make_app(IDP_TRUSTED_PROXIES=1, IDP_TRUSTED_PROXY_ADDRESSES=addresses)
+
+
+@pytest.mark.parametrize("setting", [{"IDP_DB_POOL_SIZE": 0}, {"IDP_DB_MAX_OVERFLOW": -1}, {"IDP_REDIS_TIMEOUT": 0},
+                                     {"IDP_REDIS_TIMEOUT": -1}])
+def test_pool_and_timeout_settings_that_mean_no_limit_are_refused(make_app, setting):
+    with pytest.raises(ConfigError, match=next(iter(setting))):
+        make_app(**setting)
 
 
 def test_a_negative_hop_count_is_refused(make_app):

@@ -574,7 +574,8 @@ def test_a_key_rotation_run_once_is_served_by_the_other_node(nodes):
             f"({nodes.key_store} store)\n{nodes.logs()}")
         time.sleep(0.2)
     # Once the bound has passed, every worker of B signs with the new key, not just the one that answered first
-    # (each process checks the ring on its own schedule; new connections land on all the workers).
+    # (each process checks the ring on its own schedule; eight new connections reach both workers but for a 1-in-128
+    # chance).
     time.sleep(max(0.0, rotated_at + KEY_BOUND[nodes.key_store] + 0.5 - time.monotonic()))
     for _ in range(8):
         assert header(_client_credentials(nodes, nodes.b))["kid"] == after[("RS256", "current")]
