@@ -56,18 +56,33 @@ def database_url(request):
     return request.getfixturevalue(f"{request.param}_url")
 
 
+class RedisSpace:
+    """This test session's keys in the Redis of the production-mode runs: its own prefixes, so that two sessions
+    (two checkouts, a CI run next to a local one) sharing one Redis never delete each other's state."""
+
+    def __init__(self):
+        import redis
+        from urllib.parse import urlsplit
+
+        self.url = urlsplit(services.redis_url())._replace(path="/12").geturl()
+        self.client = redis.Redis.from_url(self.url)
+        tag = f"test{os.getpid()}"
+        self.config = {"REDIS_URL": self.url, "IDP_STORE_PREFIX": f"{tag}:", "RATELIMIT_KEY_PREFIX": tag}
+        self.patterns = (f"{tag}:*", f"LIMITS:LIMITER/{tag}/*")  # the store's keys, Flask-Limiter's counters
+
+    def clear(self) -> None:
+        for pattern in self.patterns:
+            keys = list(self.client.scan_iter(match=pattern, count=1000))
+            for start in range(0, len(keys), 500):
+                self.client.delete(*keys[start:start + 500])
+
+
 @pytest.fixture(scope="session")
-def store_redis_url():
-    """The Redis database of the production-mode runs (PostgreSQL + Redis), emptied before and after each test."""
-    import redis
-
-    from urllib.parse import urlsplit
-
-    url = urlsplit(services.redis_url())._replace(path="/12").geturl()
-    client = redis.Redis.from_url(url)
-    yield url, client
-    client.flushdb()
-    client.close()
+def redis_space():
+    space = RedisSpace()
+    yield space
+    space.clear()
+    space.client.close()
 
 
 @pytest.fixture
@@ -81,12 +96,12 @@ def make_app(database_url, keys_dir, request):
     from app.extensions import db
 
     apps = []
-    redis_client = None
+    space = None
     mode = {}
     if database_url.startswith("postgresql"):
-        url, redis_client = request.getfixturevalue("store_redis_url")
-        redis_client.flushdb()
-        mode["REDIS_URL"] = url
+        space = request.getfixturevalue("redis_space")
+        space.clear()
+        mode.update(space.config)
 
     def factory(**overrides):
         cfg = {"SQLALCHEMY_DATABASE_URI": database_url, "IDP_KEYS_DIR": keys_dir, "TESTING": True,
@@ -97,8 +112,8 @@ def make_app(database_url, keys_dir, request):
         return app
 
     yield factory
-    if redis_client is not None:
-        redis_client.flushdb()
+    if space is not None:
+        space.clear()
     if apps:
         with apps[0].app_context():
             for table in reversed(db.metadata.sorted_tables):
