@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app, g, request
 from flask.sessions import SecureCookieSessionInterface
+from werkzeug.http import parse_list_header
 
 
 def client_ip() -> str:
@@ -49,7 +50,8 @@ class TrustedProxies:
 
     def __call__(self, environ, start_response):
         if self.trusted(environ.get("REMOTE_ADDR")):
-            inner = [a.strip() for a in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")][::-1][:self.hops - 1]
+            # The entries right of the client's, parsed as ProxyFix parses them.
+            inner = parse_list_header(environ.get("HTTP_X_FORWARDED_FOR", ""))[::-1][:self.hops - 1]
             if all(self.trusted(a) for a in inner):
                 return self.fixed(environ, start_response)
         return self.app(environ, start_response)
