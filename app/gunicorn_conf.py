@@ -38,10 +38,11 @@ What is set and why:
   method, path, protocol, status, bytes, duration in ms, user agent and the response's ``X-Request-ID``
   (the request id of the app's log lines for that request). With ``IDP_LOG_FORMAT=json`` each access line is
   a JSON object instead, with the app's key names (``time``, ``level``, ``request_id``, ``method``, ``path`` …):
-  the ``post_worker_init`` hook puts ``app.observability.AccessJsonFormatter`` on the worker's access
+  ``logger_class`` (``JsonLogs``) puts ``app.observability.AccessJsonFormatter`` on gunicorn's access
   handlers, which builds the object from the request's values (gunicorn fills ``access_log_format`` without
-  JSON escaping) and keeps gunicorn's own handlers, so ``GUNICORN_ACCESSLOG`` and ``--access-logfile``
-  still decide where the lines go.
+  JSON escaping), and the app's masked ``JsonFormatter`` on its error handlers (start, workers, errors), so
+  every line is JSON; gunicorn's handlers stay, so ``GUNICORN_ACCESSLOG``, ``GUNICORN_ERRORLOG`` and
+  ``--access-logfile`` still decide where the lines go.
 * **preload_app** ``False``: each worker imports the app itself after the fork. With preloading, the master
   would open the key ring (reading ``IDP_KEYS_DIR``, or the database with ``IDP_KEYS_STORE=database``), the
   SQLAlchemy engine (``_tune_sqlite``/the embedded store touch it) and the Redis pools before forking, and
@@ -57,9 +58,10 @@ What is set and why:
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
+
+from gunicorn.glogging import Logger
 
 
 def _int(name: str, default: int) -> int:
@@ -114,7 +116,7 @@ loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # %(f)s (Referer) or %({…}i)s request headers: codes and tokens travel there. The last field is the response's
 # X-Request-ID (the app sets it on every response; "-" on gunicorn's own error pages).
 access_log_format = '%(h)s - - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s" %({x-request-id}o)s'
-# The app reads the same variable (app/config.py): with json its access lines are JSON too (post_worker_init).
+# The app reads the same variable (app/config.py): with json gunicorn's lines are JSON too (JsonLogs, below).
 json_logs = os.environ.get("IDP_LOG_FORMAT", "").strip() == "json"
 
 # -- process model --------------------------------------------------------------------------------------------------
@@ -129,18 +131,31 @@ else:
     control_socket_disable = True  # unknown to older gunicorn versions, which ignore it
 
 
-def post_worker_init(worker):  # noqa: ARG001 - gunicorn's hook signature; the handlers are the logger's
-    """With ``IDP_LOG_FORMAT=json``, this worker writes its access lines as JSON objects.
+class JsonLogs(Logger):
+    """gunicorn's logger with ``IDP_LOG_FORMAT=json``: its own lines (start, workers booting and exiting, errors
+    handling a request) and its access lines as the app's JSON objects, masked like the app's lines, so the log
+    shipper reads one stream of JSON from the first line on.
 
-    Runs in each worker once the app is loaded, so the master never needs the app's modules; only the formatter
-    changes, so the destination (``accesslog``, syslog) and reopening on SIGUSR1 stay gunicorn's.
+    ``setup`` runs in the master before its first line and again on a reload (SIGHUP), and the workers inherit
+    the handlers; only the formatters change, so the destinations (``accesslog``, ``errorlog``, syslog) and
+    reopening on SIGUSR1 stay gunicorn's. Access lines are built from the request's values, never from
+    ``access_log_format`` (which gunicorn fills without JSON escaping).
     """
-    if not json_logs:
-        return
-    from app.observability import AccessJsonFormatter
 
-    for handler in logging.getLogger("gunicorn.access").handlers:
-        handler.setFormatter(AccessJsonFormatter())
+    def setup(self, cfg):
+        super().setup(cfg)
+        from app.observability import AccessJsonFormatter, JsonFormatter, MaskingFilter
+
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
+            if not any(isinstance(f, MaskingFilter) for f in handler.filters):
+                handler.addFilter(MaskingFilter())
+        for handler in self.access_log.handlers:
+            handler.setFormatter(AccessJsonFormatter())
+
+
+if json_logs:
+    logger_class = JsonLogs
 
 
 def post_fork(server, worker):  # noqa: ARG001 - gunicorn's hook signature

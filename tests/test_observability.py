@@ -385,3 +385,9 @@ def test_gunicorn_access_lines_are_json_with_the_apps_keys_under_idp_log_format_
     assert missing["path"] == '/no"such\\path' and missing["status"] == 404
     for secret in ("c0de", "st4te", "state=", "shop.example", "nobody@example.com"):
         assert secret not in log
+    # gunicorn's own lines too (the master's start, the worker's boot): one stream of JSON objects.
+    mine = [line for line in log.splitlines() if line.strip() and "INFO  [alembic" not in line]
+    assert all(line.startswith("{") for line in mine), [line for line in mine if not line.startswith("{")][:5]
+    started = [e for e in entries if e["logger"] == "gunicorn.error"]
+    assert any(e["message"].startswith("Starting gunicorn") for e in started), started
+    assert any(e["message"].startswith("Booting worker") for e in started), started
