@@ -150,6 +150,7 @@ def load(overrides: dict | None, instance_path: str) -> dict:
     issuer = urlsplit(cfg["IDP_ISSUER"])
     cfg["IDP_DEV_MODE"] = issuer.scheme == "http" and issuer.hostname in {"localhost", "127.0.0.1"}
     secure = issuer.scheme == "https"
+    limits_storage = cfg.get("RATELIMIT_STORAGE_URI") or cfg.get("REDIS_URL") or "memory://"
     cfg.update(
         SQLALCHEMY_ENGINE_OPTIONS=_engine_options(cfg),
         SQLALCHEMY_TRACK_MODIFICATIONS=False,
@@ -166,9 +167,8 @@ def load(overrides: dict | None, instance_path: str) -> dict:
         BABEL_TRANSLATION_DIRECTORIES=str(ROOT / "app" / "translations"),
         IDP_LOCALES=("en", "tr"),
         IDP_RATELIMIT_STORAGE_EXPLICIT=bool(cfg.get("RATELIMIT_STORAGE_URI")),
-        RATELIMIT_STORAGE_URI=cfg.get("RATELIMIT_STORAGE_URI") or cfg.get("REDIS_URL") or "memory://",
-        RATELIMIT_STORAGE_OPTIONS=redis_options(cfg) if str(cfg.get("RATELIMIT_STORAGE_URI") or cfg.get("REDIS_URL")
-                                                                 or "").startswith(("redis://", "rediss://")) else {},
+        RATELIMIT_STORAGE_URI=limits_storage,
+        RATELIMIT_STORAGE_OPTIONS=redis_options(cfg) if limits_storage.startswith(("redis://", "rediss://")) else {},
         RATELIMIT_HEADERS_ENABLED=True,
         PREFERRED_URL_SCHEME=issuer.scheme,
     )
