@@ -8,7 +8,10 @@
 --                  thread takes every n-th line and uses each value once (single-use codes and rotating
 --                  refresh tokens); unset: the templates are static
 --   BENCH_THREADS  number of wrk threads (to slice BENCH_VALUES)
---   BENCH_DELAY_MS pacing: wait this long before each request on a connection (rate-limited pass)
+--   BENCH_RATE     pacing: this thread's requests per second, on a fixed schedule (the paced pass); each
+--                  response's connection takes the next free slot and waits for it. A connection that finds the
+--                  slot past sends at once, and a missed slot is not made up later, so an overloaded server
+--                  shows as a rate short of the target, never as a burst
 --   BENCH_OUT      where done() writes the JSON summary
 local threads = {}
 local counter = 0
@@ -23,7 +26,7 @@ local method = os.getenv("BENCH_METHOD") or "GET"
 local path = os.getenv("BENCH_PATH") or "/"
 local body_t = os.getenv("BENCH_BODY")
 local headers_t = os.getenv("BENCH_HEADERS")
-local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+local rate = tonumber(os.getenv("BENCH_RATE") or "0")
 local values = nil
 local pos = 0
 local static_req = nil
@@ -71,8 +74,29 @@ function request()
   return build(values[pos])
 end
 
-if delay_ms > 0 then
-  function delay() return delay_ms end
+if rate > 0 then
+  -- wrk's Lua has no wall clock finer than a second: LuaJIT's ffi calls clock_gettime(CLOCK_MONOTONIC).
+  local ffi = require("ffi")
+  ffi.cdef[[
+    typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+    int clock_gettime(int clock_id, bench_timespec *tp);
+  ]]
+  local ts = ffi.new("bench_timespec")
+  local function now_ms()
+    ffi.C.clock_gettime(1, ts)
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+  local period = 1000 / rate
+  local next_slot = nil
+
+  -- wrk calls delay() when a response is complete, before that connection's next request (its first request
+  -- goes out at connect, unpaced); the latency it records starts when the request is written, after the wait.
+  function delay()
+    local now = now_ms()
+    local slot = next_slot and math.max(next_slot, now) or now
+    next_slot = slot + period
+    return math.floor(slot - now + 0.5)
+  end
 end
 
 function done(summary, latency, requests)
