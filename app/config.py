@@ -65,7 +65,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IDP_KEY_ENCRYPTION_KEY", "IDP_KEY_ENCRYPTION_KEY", None, _str,
             "base64url of 32 random bytes: the AES-256-GCM key of the private signing keys at rest (key files "
             "or database). Required outside development mode; set on an existing key folder, it encrypts the "
-            "plaintext files at the next start."),
+            "plaintext files at the next start. To change it: docs/production.md, 'Changing the key encryption key'."),
+    Setting("IDP_KEY_ENCRYPTION_KEY_FALLBACKS", "IDP_KEY_ENCRYPTION_KEY_FALLBACKS", None, _str,
+            "Comma-separated older values of IDP_KEY_ENCRYPTION_KEY that still decrypt private keys but never "
+            "encrypt one, while the key is being changed (`flask keys rekey` re-encrypts under the new key)."),
     Setting("IDP_KEYS_REFRESH_SECONDS", "IDP_KEYS_REFRESH_SECONDS", 5, float,
             "With IDP_KEYS_STORE=database: how often a process checks for key changes made by other nodes, "
             "seconds; a rotation is used everywhere within this time."),

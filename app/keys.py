@@ -47,6 +47,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 
@@ -114,30 +115,46 @@ CIPHER_PREFIX = "v1."  # "v1." + base64url(nonce || ciphertext || tag)
 NEW_KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
-def configured_encryption_key(cfg) -> bytes | None:
-    """The 32 bytes IDP_KEY_ENCRYPTION_KEY holds (base64url), None if unset; ConfigError if malformed."""
+def _decode_encryption_key(raw: str, name: str) -> bytes:
     from .config import ConfigError
 
-    raw = (cfg.get("IDP_KEY_ENCRYPTION_KEY") or "").strip()
-    if not raw:
-        return None
     try:
         key = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != 32:
-        raise ConfigError(f"IDP_KEY_ENCRYPTION_KEY must be the base64url encoding of 32 random bytes ({NEW_KEY_HINT})")
+        raise ConfigError(f"{name} must be the base64url encoding of 32 random bytes ({NEW_KEY_HINT})")
     return key
+
+
+def configured_encryption_key(cfg) -> bytes | None:
+    """The 32 bytes IDP_KEY_ENCRYPTION_KEY holds (base64url), None if unset; ConfigError if malformed."""
+    raw = (cfg.get("IDP_KEY_ENCRYPTION_KEY") or "").strip()
+    return _decode_encryption_key(raw, "IDP_KEY_ENCRYPTION_KEY") if raw else None
+
+
+def configured_fallback_keys(cfg) -> list[bytes]:
+    """The keys IDP_KEY_ENCRYPTION_KEY_FALLBACKS lists (comma-separated base64url): they decrypt, never encrypt."""
+    from .config import ConfigError
+
+    raws = [r.strip() for r in (cfg.get("IDP_KEY_ENCRYPTION_KEY_FALLBACKS") or "").split(",") if r.strip()]
+    if raws and not (cfg.get("IDP_KEY_ENCRYPTION_KEY") or "").strip():
+        raise ConfigError("IDP_KEY_ENCRYPTION_KEY_FALLBACKS needs IDP_KEY_ENCRYPTION_KEY (the key that encrypts)")
+    return [_decode_encryption_key(r, "each of IDP_KEY_ENCRYPTION_KEY_FALLBACKS") for r in raws]
 
 
 class KeyCipher:
     """AES-256-GCM for private JWKs: a fresh 96-bit nonce each time, the kid and alg as associated data
-    (a ciphertext moved to another key's place does not decrypt)."""
+    (a ciphertext moved to another key's place does not decrypt).
 
-    def __init__(self, key: bytes):
-        if len(key) != 32:
+    ``key`` encrypts and decrypts; each of ``fallbacks`` only decrypts (a key being replaced: ``rekey`` re-writes
+    what it encrypted under ``key``)."""
+
+    def __init__(self, key: bytes, fallbacks: Sequence[bytes] = ()):
+        if any(len(k) != 32 for k in (key, *fallbacks)):
             raise ValueError("the key encryption key must be 32 bytes (AES-256)")
         self._aes = AESGCM(key)
+        self._fallbacks = [AESGCM(k) for k in fallbacks]
 
     @staticmethod
     def _aad(entry: dict) -> bytes:
@@ -152,14 +169,29 @@ class KeyCipher:
         """The joserfc key ``text`` encrypts; KeyRingError naming ``source`` if it cannot be decrypted."""
         if not isinstance(text, str) or not text.startswith(CIPHER_PREFIX):
             raise KeyRingError(f"{source} is not encrypted in a known format")
+        plain = self._open(entry, text, [self._aes, *self._fallbacks])
+        if plain is None:
+            raise KeyRingError(f"cannot decrypt {source}: IDP_KEY_ENCRYPTION_KEY is not the key it was "
+                               "encrypted with (or it was altered)")
+        return import_private_jwk(entry, json.loads(plain), source)
+
+    def is_current(self, entry: dict, text) -> bool:
+        """Whether ``text`` is encrypted under ``key`` itself (not a fallback, not plaintext)."""
+        return (isinstance(text, str) and text.startswith(CIPHER_PREFIX)
+                and self._open(entry, text, [self._aes]) is not None)
+
+    def _open(self, entry: dict, text: str, ciphers: list) -> bytes | None:
         blob = text[len(CIPHER_PREFIX):]
         try:
             raw = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
-            plain = self._aes.decrypt(raw[:12], raw[12:], self._aad(entry))
-        except (InvalidTag, ValueError, binascii.Error):
-            raise KeyRingError(f"cannot decrypt {source}: IDP_KEY_ENCRYPTION_KEY is not the key it was "
-                               "encrypted with (or it was altered)") from None
-        return import_private_jwk(entry, json.loads(plain), source)
+        except (ValueError, binascii.Error):
+            return None
+        for aes in ciphers:
+            try:
+                return aes.decrypt(raw[:12], raw[12:], self._aad(entry))
+            except (InvalidTag, ValueError):
+                continue
+        return None
 
 
 class BaseKeyRing:
@@ -218,6 +250,10 @@ class BaseKeyRing:
 
     def _upgrade(self) -> None:
         """Re-write stored keys kept in an older form (run by ``ensure``, inside the write)."""
+
+    def _rekey(self) -> list[str]:
+        """Re-write every private key not encrypted under the current encryption key; their kids (inside the write)."""
+        raise NotImplementedError
 
     # -- the state machine ------------------------------------------------------
 
@@ -278,6 +314,12 @@ class BaseKeyRing:
                 for state in ("current", "next"):
                     if self._one(alg, state) is None:
                         self._add(alg, state, now)
+
+    def rekey(self) -> list[str]:
+        """Encrypt every private key under IDP_KEY_ENCRYPTION_KEY, after a change of that key (the old one listed in
+        IDP_KEY_ENCRYPTION_KEY_FALLBACKS meanwhile); the kids re-written. Idempotent; the keys themselves stay."""
+        with self._writing():
+            return self._rekey()
 
     def reload_if_changed(self) -> bool:
         """Pick up changes made by other processes; checks the version at most once per interval."""
@@ -406,10 +448,10 @@ class KeyRing(BaseKeyRing):
     """
 
     def __init__(self, directory: str | os.PathLike, *, encryption_key: bytes | None = None,
-                 stat_interval: float = 1.0, clock=time.monotonic):
+                 fallback_keys: Sequence[bytes] = (), stat_interval: float = 1.0, clock=time.monotonic):
         super().__init__(refresh_interval=stat_interval, clock=clock)
         self.directory = os.fspath(directory)
-        self._cipher = KeyCipher(encryption_key) if encryption_key is not None else None
+        self._cipher = KeyCipher(encryption_key, fallback_keys) if encryption_key is not None else None
 
     @property
     def stat_interval(self) -> float:
@@ -526,6 +568,19 @@ class KeyRing(BaseKeyRing):
                 log.warning("signing key %s was stored unencrypted; re-written encrypted under "
                             "IDP_KEY_ENCRYPTION_KEY", e["kid"])
 
+    def _rekey(self) -> list[str]:
+        if self._cipher is None:
+            raise KeyRingError("IDP_KEY_ENCRYPTION_KEY is not set: there is no key to encrypt the key files under")
+        done = []
+        for e in self._entries:
+            with open(self._path(e["kid"] + ".json"), "rb") as f:
+                doc = json.load(f)
+            if not self._cipher.is_current(e, doc.get("encrypted") if isinstance(doc, dict) else None):
+                # The private file alone: keyring.json is unchanged, so other processes keep what they loaded.
+                self._write(e["kid"] + ".json", self._private_file(self._keys[e["kid"]]), 0o600)
+                done.append(e["kid"])
+        return done
+
     def _persist(self, before: list[dict]) -> None:
         body = json.dumps({"keys": self._entries}, indent=2) + "\n"
         self._write(RING_FILE, body.encode(), 0o644)
@@ -542,7 +597,8 @@ def init_app(app: Flask) -> BaseKeyRing:
     """Open the ring ``IDP_KEYS_STORE`` names and create any missing keys."""
     store = app.config.get("IDP_KEYS_STORE") or "files"
     if store == "files":
-        ring = KeyRing(app.config["IDP_KEYS_DIR"], encryption_key=file_encryption_key(app.config))
+        ring = KeyRing(app.config["IDP_KEYS_DIR"], encryption_key=file_encryption_key(app.config),
+                       fallback_keys=configured_fallback_keys(app.config))
         ring.ensure()  # also encrypts plaintext key files when a key is set, or refuses a key that does not fit
     elif store == "database":
         from .keys_db import init_database_ring
@@ -624,6 +680,18 @@ def retire_keys(kid: str | None) -> None:
     click.echo("\n".join(f"removed {k}" for k in gone) if gone else "nothing to remove")
 
 
+@keys_cli.command("rekey")
+def rekey_keys() -> None:
+    """Encrypt every private key under IDP_KEY_ENCRYPTION_KEY (after changing it; the old key in
+    IDP_KEY_ENCRYPTION_KEY_FALLBACKS until this has run)."""
+    try:
+        done = keyring().rekey()
+    except KeyRingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("\n".join(f"re-encrypted {k}" for k in done) if done
+               else "every key is already encrypted under IDP_KEY_ENCRYPTION_KEY")
+
+
 @keys_cli.command("import-files")
 @click.option("--from", "source", metavar="DIR", help="Key ring folder to copy (default: IDP_KEYS_DIR).")
 @click.option("--force", is_flag=True,
@@ -640,7 +708,8 @@ def import_files(source: str | None, force: bool) -> None:
     if not isinstance(ring, DatabaseKeyRing):
         ring = database_ring(current_app)  # still on IDP_KEYS_STORE=files: the ring the nodes will switch to
     try:
-        folder = KeyRing(source, encryption_key=configured_encryption_key(current_app.config))
+        folder = KeyRing(source, encryption_key=configured_encryption_key(current_app.config),
+                         fallback_keys=configured_fallback_keys(current_app.config))
         done = ring.import_ring(folder, retire_after=retire_after_seconds(current_app.config), force=force)
     except KeyRingError as exc:
         raise click.ClickException(str(exc)) from exc

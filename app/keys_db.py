@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import sqlalchemy as sa
@@ -40,7 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .extensions import db
 from .keys import (ENTRY_FIELDS, NEW_KEY_HINT, BaseKeyRing, KeyCipher, KeyRingError, configured_encryption_key,
-                   validate_entries)
+                   configured_fallback_keys, validate_entries)
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,11 @@ def _order(e) -> tuple:
 class DatabaseKeyRing(BaseKeyRing):
     """The keys in ``signing_keys`` of ``engine``; private JWKs encrypted under ``key`` (32 bytes)."""
 
-    def __init__(self, engine: sa.Engine, key: bytes, *, refresh_interval: float = 5.0, clock=time.monotonic):
+    def __init__(self, engine: sa.Engine, key: bytes, *, fallback_keys: Sequence[bytes] = (),
+                 refresh_interval: float = 5.0, clock=time.monotonic):
         if engine.dialect.name not in _INSERTS:
             raise NotImplementedError(f"DatabaseKeyRing supports sqlite and postgresql, not {engine.dialect.name}")
-        self._cipher = KeyCipher(key)  # ValueError unless 32 bytes
+        self._cipher = KeyCipher(key, fallback_keys)  # ValueError unless 32 bytes
         super().__init__(refresh_interval=refresh_interval, clock=clock)
         self.engine = engine
         self._insert = _INSERTS[engine.dialect.name]
@@ -202,6 +204,18 @@ class DatabaseKeyRing(BaseKeyRing):
                 for e in added])
         self._entries.sort(key=_order)  # the order every node loads: one JWKS document everywhere
 
+    def _rekey(self) -> list[str]:
+        conn, t = self._conn, self._t
+        done = []
+        for row in conn.execute(sa.select(t.c.kid, t.c.alg, t.c.private_jwk)).all():
+            entry = {"kid": row.kid, "alg": row.alg}
+            if not self._cipher.is_current(entry, row.private_jwk):
+                conn.execute(sa.update(t).where(t.c.kid == row.kid).values(
+                    private_jwk=self._cipher.encrypt(entry, self._keys[row.kid].as_dict(private=True))))
+                done.append(row.kid)
+        self._dirty = bool(done)  # commit (and a new generation) only if a row changed
+        return sorted(done)
+
     def reload_if_changed(self) -> bool:
         if self.ensure_on_first_use:
             with self._lock:
@@ -251,7 +265,8 @@ def database_ring(app: Flask) -> DatabaseKeyRing:
     key = encryption_key(app.config)
     with app.app_context():
         engine = db.engine
-    return DatabaseKeyRing(engine, key, refresh_interval=float(app.config.get("IDP_KEYS_REFRESH_SECONDS", 5)))
+    return DatabaseKeyRing(engine, key, fallback_keys=configured_fallback_keys(app.config),
+                           refresh_interval=float(app.config.get("IDP_KEYS_REFRESH_SECONDS", 5)))
 
 
 def init_database_ring(app: Flask) -> DatabaseKeyRing:

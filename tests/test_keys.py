@@ -9,9 +9,11 @@ import os
 import secrets
 import stat
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flask import Flask
 from joserfc import jws
 from joserfc.jwk import KeySet
@@ -330,6 +332,76 @@ def test_wrong_or_missing_key_stops_the_app_with_a_clear_error(make_app, tmp_pat
         make_app(IDP_KEYS_DIR=keys)   # development mode, but the folder was encrypted
     with pytest.raises(ConfigError, match="base64url encoding of 32 random bytes"):
         make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY="too-short")
+
+
+def test_changing_the_encryption_key_keeps_the_signing_keys(make_app, tmp_path, enc_key):
+    """The README's three steps: the new key as a fallback, then as the key with the old one as the fallback and
+    `keys rekey`, then alone. The same signing keys throughout."""
+    folder = tmp_path / "keys"
+    keys, new = str(folder), secrets.token_urlsafe(32)
+    signing = make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=enc_key).extensions["idp_keys"].signing_key("RS256").kid
+    before = {p.name: p.read_bytes() for p in folder.glob("*.json")}
+
+    def encrypted_under(key: str) -> set[str]:
+        """The kids whose files decrypt under ``key`` alone."""
+        aes, found = AESGCM(aes_key(key)), set()
+        for path in folder.glob("*.json"):
+            doc = json.loads(path.read_text())
+            if "encrypted" not in doc:
+                continue
+            raw = base64.urlsafe_b64decode(doc["encrypted"][3:] + "=" * (-len(doc["encrypted"][3:]) % 4))
+            with suppress(InvalidTag):
+                aes.decrypt(raw[:12], raw[12:], f"signing_keys:{doc['kid']}:{doc['alg']}".encode())
+                found.add(doc["kid"])
+        return found
+
+    # 1. The new key as a fallback: it starts, writes nothing, signs with the same key.
+    step1 = make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=enc_key, IDP_KEY_ENCRYPTION_KEY_FALLBACKS=new)
+    assert step1.extensions["idp_keys"].signing_key("RS256").kid == signing
+    assert {p.name: p.read_bytes() for p in folder.glob("*.json")} == before
+
+    # 2. The new key encrypts; the old one (and an unrelated one, in a list) only decrypts. A rotation now writes
+    # its new key under the new key, which a node still on step 1 reads.
+    step2 = make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=new,
+                     IDP_KEY_ENCRYPTION_KEY_FALLBACKS=f"{secrets.token_urlsafe(32)} , {enc_key}")
+    ring = step2.extensions["idp_keys"]
+    assert ring.signing_key("RS256").kid == signing
+    runner = step2.test_cli_runner()
+    assert runner.invoke(args=["keys", "rotate", "--alg", "ES256"]).exit_code == 0
+    made = next(r["kid"] for r in ring.list() if r["alg"] == "ES256" and r["state"] == "next")
+    assert encrypted_under(new) == {made}
+    assert made in {r["kid"] for r in KeyRing(folder, encryption_key=aes_key(enc_key),
+                                                fallback_keys=[aes_key(new)]).list()}
+    old_kids = {r["kid"] for r in ring.list()} - {made}
+    res = runner.invoke(args=["keys", "rekey"])
+    assert res.exit_code == 0, res.output
+    assert {line.removeprefix("re-encrypted ") for line in res.output.splitlines()} == old_kids
+    assert encrypted_under(new) == {r["kid"] for r in ring.list()} and not encrypted_under(enc_key)
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in folder.glob("*.json") if p.name != "keyring.json")
+    res = runner.invoke(args=["keys", "rekey"])
+    assert res.exit_code == 0 and "every key is already encrypted" in res.output
+
+    # 3. The new key alone; the old key alone no longer opens the folder.
+    step3 = make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=new)
+    assert step3.extensions["idp_keys"].signing_key("RS256").kid == signing
+    assert {r["kid"] for r in step3.extensions["idp_keys"].list()} == {r["kid"] for r in ring.list()}
+    with pytest.raises(KeyRingError, match="cannot decrypt .* IDP_KEY_ENCRYPTION_KEY is not the key"):
+        make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=enc_key)
+
+
+def test_malformed_fallback_keys_are_refused(make_app, tmp_path, enc_key):
+    keys = str(tmp_path / "keys")
+    with pytest.raises(ConfigError, match="each of IDP_KEY_ENCRYPTION_KEY_FALLBACKS must be the base64url encoding"):
+        make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=enc_key, IDP_KEY_ENCRYPTION_KEY_FALLBACKS="short")
+    with pytest.raises(ConfigError, match="IDP_KEY_ENCRYPTION_KEY_FALLBACKS needs IDP_KEY_ENCRYPTION_KEY"):
+        make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY_FALLBACKS=enc_key)
+
+
+def test_rekey_without_an_encryption_key_is_a_clear_error(tmp_path):
+    ring = KeyRing(tmp_path / "keys")  # development: plaintext files
+    ring.ensure()
+    with pytest.raises(KeyRingError, match="IDP_KEY_ENCRYPTION_KEY is not set"):
+        ring.rekey()
 
 
 @contextmanager

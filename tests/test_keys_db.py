@@ -162,6 +162,46 @@ def test_wrong_or_malformed_encryption_key_is_a_clear_error(make_app, engine, en
         DatabaseKeyRing(engine, encryption_key({"IDP_KEY_ENCRYPTION_KEY": enc_key})).list()
 
 
+def test_changing_the_encryption_key_re_encrypts_every_row_and_keeps_the_keys(make_app, engine, enc_key):
+    old, new = encryption_key({"IDP_KEY_ENCRYPTION_KEY": enc_key}), secrets.token_urlsafe(32)
+    new_key = encryption_key({"IDP_KEY_ENCRYPTION_KEY": new})
+    first = DatabaseKeyRing(engine, old)
+    first.ensure()
+    signing = {alg: first.signing_key(alg).kid for alg in ALGS}
+    stored = {r["kid"]: r["private_jwk"] for r in rows(engine)}
+
+    # A node that has the new key as the key and the old one as a fallback starts on the same keys; `keys rekey`
+    # re-writes every row (a fresh ciphertext under the new key) and commits once.
+    app = make_app(IDP_KEYS_STORE="database", IDP_KEY_ENCRYPTION_KEY=new, IDP_KEY_ENCRYPTION_KEY_FALLBACKS=enc_key)
+    ring = app.extensions["idp_keys"]
+    assert {alg: ring.signing_key(alg).kid for alg in ALGS} == signing
+    clock = FakeClock()
+    watcher = DatabaseKeyRing(engine, old, fallback_keys=[new_key], refresh_interval=1, clock=clock)
+    watcher.list()
+    res = app.test_cli_runner().invoke(args=["keys", "rekey"])
+    assert res.exit_code == 0, res.output
+    assert {line.removeprefix("re-encrypted ") for line in res.output.splitlines()} == set(stored)
+    after = {r["kid"]: r["private_jwk"] for r in rows(engine)}
+    assert after.keys() == stored.keys() and all(after[k] != stored[k] for k in stored)
+    aes = AESGCM(new_key)
+    for r in rows(engine):
+        raw = base64.urlsafe_b64decode(r["private_jwk"][3:] + "=" * (-len(r["private_jwk"][3:]) % 4))
+        assert json.loads(aes.decrypt(raw[:12], raw[12:], f"signing_keys:{r['kid']}:{r['alg']}".encode()))["kid"] == r["kid"]
+    # Other nodes see a new generation, reload, and still sign with the same keys.
+    clock.t += 1
+    assert watcher.reload_if_changed() is True
+    assert {alg: watcher.signing_key(alg).kid for alg in ALGS} == signing
+    res = app.test_cli_runner().invoke(args=["keys", "rekey"])
+    assert res.exit_code == 0 and "every key is already encrypted" in res.output
+    clock.t += 1
+    assert watcher.reload_if_changed() is False  # nothing re-written: no new generation
+
+    # The new key alone opens the ring; the old key alone no longer does.
+    assert {alg: DatabaseKeyRing(engine, new_key).signing_key(alg).kid for alg in ALGS} == signing
+    with pytest.raises(KeyRingError, match="cannot decrypt key .* IDP_KEY_ENCRYPTION_KEY is not the key"):
+        DatabaseKeyRing(engine, old).list()
+
+
 def test_rotation_on_one_node_is_used_by_another_within_the_refresh_interval(engine, enc_key):
     key = encryption_key({"IDP_KEY_ENCRYPTION_KEY": enc_key})
     a = DatabaseKeyRing(engine, key)
