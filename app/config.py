@@ -55,6 +55,9 @@ SETTINGS: tuple[Setting, ...] = (
             "PostgreSQL connections each app process keeps open (idle ones stay in its pool)."),
     Setting("IDP_DB_MAX_OVERFLOW", "IDP_DB_MAX_OVERFLOW", 10, _int,
             "Extra PostgreSQL connections a process may open beyond IDP_DB_POOL_SIZE under a burst (closed after)."),
+    Setting("IDP_DB_PREPARED_STATEMENTS", "IDP_DB_PREPARED_STATEMENTS", True, _bool,
+            "PostgreSQL: let psycopg prepare statements it runs often (faster). Set false behind a pooler in "
+            "transaction mode that does not track them, such as PgBouncer before 1.21 (docs/production.md)."),
     Setting("IDP_KEYS_DIR", "IDP_KEYS_DIR", str(ROOT / "keys"), _str,
             "Folder of the signing key ring (keyring.json and one private key file per key, mode 0600, "
             "encrypted under IDP_KEY_ENCRYPTION_KEY)."),
@@ -188,10 +191,14 @@ def _engine_options(cfg: dict) -> dict:
     # A server that cannot be reached fails the connect within 10 s, and one that stops acknowledging a statement
     # within 30 s (tcp_user_timeout), instead of holding the request's thread for the kernel's default of minutes;
     # keepalives find a dead idle connection in the pool.
+    # Without prepared statements (prepare_threshold None) every statement is sent with its text: what a pooler in
+    # transaction mode needs when it cannot follow a statement prepared on one server connection to the next.
+    connect_args = {"connect_timeout": 10, "tcp_user_timeout": 30000, "keepalives": 1,
+                    "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+    if not cfg["IDP_DB_PREPARED_STATEMENTS"]:
+        connect_args["prepare_threshold"] = None
     return {"pool_recycle": 1800, "pool_size": int(cfg["IDP_DB_POOL_SIZE"]),
-            "max_overflow": int(cfg["IDP_DB_MAX_OVERFLOW"]), "hide_parameters": True,
-            "connect_args": {"connect_timeout": 10, "tcp_user_timeout": 30000, "keepalives": 1,
-                             "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}}
+            "max_overflow": int(cfg["IDP_DB_MAX_OVERFLOW"]), "hide_parameters": True, "connect_args": connect_args}
 
 
 def redis_options(cfg) -> dict:

@@ -7,7 +7,9 @@ alternates the cases round by round and prints medians. Two comparisons, each ca
 1. the IdP's client-credentials token (PostgreSQL + Redis, production settings as in `make bench`) against the
    one-JWS ceiling (bench/ceiling.py), both with the benchmark's gunicorn settings;
 2. the ceiling alone under several gunicorn settings (gthread workers × threads, sync workers), to see what the
-   server's settings cost apart from the app.
+   server's settings cost apart from the app;
+3. the IdP's code exchange and refresh against its client-credentials token (the "≤ 1.5×" target), codes and
+   refresh tokens minted before each measured run (`--only=3` runs this one alone).
 
 It creates and drops its own database and writes nothing else.
 """
@@ -37,21 +39,31 @@ SETTINGS = {  # name -> (worker class, workers, threads)
 def rounds(cases: dict, n: int, seconds: int, work: Path) -> dict:
     """cases: name -> (port, meter, wrk spec). Runs them in turn, n times; returns name -> [(cpu ms/req, req/s)]."""
     out = {name: [] for name in cases}
+    def spec_of(spec: dict, run_seconds: int) -> dict:
+        # A "mint" callable gives the run's single-use values (codes, refresh tokens), made before it is measured.
+        spec = dict(spec)
+        mint = spec.pop("mint", None)
+        if mint is not None:
+            spec["values"] = mint(run_seconds)
+        return spec
+
     for name, (port, meter, spec) in cases.items():  # warm-up, not counted
-        R.wrk(port, seconds=2, connections=16, meter=meter, workdir=work, **spec)
+        R.wrk(port, seconds=2, connections=16, meter=meter, workdir=work, **spec_of(spec, 2))
     for r in range(n):
         for name, (port, meter, spec) in cases.items():
-            res = R.wrk(port, seconds=seconds, connections=16, meter=meter, workdir=work, **spec)
+            res = R.wrk(port, seconds=seconds, connections=16, meter=meter, workdir=work, **spec_of(spec, seconds))
             out[name].append((res["cpu_ms_per_req"], res["rps"]))
             print(f"  round {r + 1} {name:30s} {res['cpu_ms_per_req']:.3f} ms/req {res['rps']:7.0f} req/s "
                   f"errors {sum(res['errors'].values())}", flush=True)
     return out
 
 
-def medians(out: dict) -> None:
+def medians(out: dict) -> dict:
+    found = {}
     for name, v in out.items():
-        print(f"{name:32s} median {statistics.median(a for a, _ in v):.3f} ms/req "
-              f"{statistics.median(b for _, b in v):7.0f} req/s")
+        found[name] = statistics.median(a for a, _ in v)
+        print(f"{name:32s} median {found[name]:.3f} ms/req {statistics.median(b for _, b in v):7.0f} req/s")
+    return found
 
 
 def main() -> int:
@@ -59,7 +71,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--port", type=int, default=18600)
+    ap.add_argument("--only", type=int, choices=(1, 2, 3), help="run only this comparison")
     args = ap.parse_args()
+    wanted = {args.only} if args.only else {1, 2, 3}
     work = Path(tempfile.mkdtemp(prefix="idp-interleave-"))
     dbname = f"idp_interleave_{os.getpid()}"
     import psycopg
@@ -71,39 +85,74 @@ def main() -> int:
     env = dict(os.environ, IDP_ISSUER=f"http://localhost:{args.port}", SECRET_KEY=secrets.token_urlsafe(48),
                DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}",
                REDIS_URL=f"redis://127.0.0.1:6379/{R.REDIS_DB}", IDP_KEYS_DIR=str(work / "keys"),
-               IDP_RATELIMIT_ENABLED="false", IDP_LOG_LEVEL="WARNING", FLASK_APP="wsgi")
+               IDP_RATELIMIT_ENABLED="false", IDP_LOG_LEVEL="WARNING", FLASK_APP="wsgi", IDP_CODE_TTL="600")
     post = dict(method="POST", body="grant_type=client_credentials")
     try:
         flask = [str(R.BIN / "flask"), "--app", "wsgi"]
         subprocess.run(flask + ["db", "upgrade"], env=env, cwd=R.ROOT, check=True, capture_output=True)
         created = json.loads(subprocess.run(
-            flask + ["clients", "create", "--name", "Interleave", "--grant-type", "client_credentials", "--scope", "",
-                     "--json"], env=env, cwd=R.ROOT, check=True, capture_output=True, text=True
+            flask + ["clients", "create", "--name", "Interleave", "--redirect-uri", R.REDIRECT,
+                     "--grant-type", "authorization_code", "--grant-type", "refresh_token",
+                     "--grant-type", "client_credentials", "--scope", "openid profile email offline_access",
+                     "--require-pkce", "--json"], env=env, cwd=R.ROOT, check=True, capture_output=True, text=True
         ).stdout.strip().splitlines()[-1])
         bench = argparse.Namespace(workers=4, threads=2, worker_class="gthread")
-        idp = R.spawn(R.gunicorn_cmd("wsgi:app", args.port, bench), env=env, logfile=work / "idp.log")
-        ceiling = R.spawn(R.gunicorn_cmd("ceiling:app", args.port + 1, bench), cwd=R.BENCH, env=env,
-                          logfile=work / "ceiling.log")
-        R.wait_ready(f"http://127.0.0.1:{args.port}/.well-known/openid-configuration", idp, "idp")
-        R.wait_ready(f"http://127.0.0.1:{args.port + 1}/", ceiling, "ceiling")
         auth = {"Authorization": R.basic(created["client_id"], created["client_secret"])}
-        print("1. client-credentials token: the IdP against the one-JWS ceiling (gunicorn, 4 gthread x 2)")
-        medians(rounds({"IdP": (args.port, R.CpuMeter([idp.pid]), dict(post, path="/token", headers=auth)),
-                        "ceiling": (args.port + 1, R.CpuMeter([ceiling.pid]), dict(post, path="/"))},
-                       args.rounds, args.seconds, work))
-        R.stop(idp)
-        R.stop(ceiling)
+        if wanted & {1, 3}:
+            idp = R.spawn(R.gunicorn_cmd("wsgi:app", args.port, bench), env=env, logfile=work / "idp.log")
+            R.wait_ready(f"http://127.0.0.1:{args.port}/.well-known/openid-configuration", idp, "idp")
+        if 1 in wanted:
+            ceiling = R.spawn(R.gunicorn_cmd("ceiling:app", args.port + 1, bench), cwd=R.BENCH, env=env,
+                              logfile=work / "ceiling.log")
+            R.wait_ready(f"http://127.0.0.1:{args.port + 1}/", ceiling, "ceiling")
+            print("1. client-credentials token: the IdP against the one-JWS ceiling (gunicorn, 4 gthread x 2)")
+            medians(rounds({"IdP": (args.port, R.CpuMeter([idp.pid]), dict(post, path="/token", headers=auth)),
+                            "ceiling": (args.port + 1, R.CpuMeter([ceiling.pid]), dict(post, path="/"))},
+                           args.rounds, args.seconds, work))
+            R.stop(ceiling)
+        if 3 in wanted:
+            email, password = "interleave@example.com", secrets.token_urlsafe(16)
+            subprocess.run(flask + ["users", "create", "--email", email, "--password", password, "--name",
+                                    "Interleave Customer", "--email-verified"], env=env, cwd=R.ROOT, check=True,
+                           capture_output=True)
+            target = R.IdP(args.port, idp, created["client_id"], created["client_secret"], email, password)
+            target.mint_tokens(20)  # signs in and consents once; warms every worker
+            rate = {"code": 900.0, "refresh": 900.0}  # req/s to mint for: above what this host reached (≈ 600)
 
-        print("2. the ceiling under several gunicorn settings")
-        cases = {}
-        for i, (name, (klass, workers, threads)) in enumerate(SETTINGS.items()):
-            port = args.port + 10 + i
-            p = R.spawn(R.gunicorn_cmd("ceiling:app", port, argparse.Namespace(
-                workers=workers, threads=threads, worker_class=klass)), cwd=R.BENCH, env=env,
-                logfile=work / f"ceiling-{i}.log")
-            R.wait_ready(f"http://127.0.0.1:{port}/", p, name)
-            cases[name] = (port, R.CpuMeter([p.pid]), dict(post, path="/"))
-        medians(rounds(cases, args.rounds, args.seconds, work))
+            def mint(kind: str):
+                def values(seconds: int) -> list[str]:
+                    n = int(rate[kind] * seconds * 1.5) + 100
+                    if kind == "code":
+                        return target.mint_codes(n)
+                    return [x["refresh_token"] for x in target.mint_tokens(n)]
+                return values
+
+            meter = R.CpuMeter([idp.pid])
+            token = dict(post, path="/token", headers=auth)
+            exchange = dict(token, body="grant_type=authorization_code&code={1}&redirect_uri="
+                                        f"{R.quote(R.REDIRECT, safe='')}&code_verifier={target.verifier}")
+            refresh = dict(token, body="grant_type=refresh_token&refresh_token={1}")
+            print("3. the IdP's code exchange and refresh against its client-credentials token (gunicorn, 4 gthread x 2)")
+            found = medians(rounds({"client credentials": (args.port, meter, dict(token)),
+                                    "code exchange": (args.port, meter, dict(exchange, mint=mint("code"))),
+                                    "refresh": (args.port, meter, dict(refresh, mint=mint("refresh")))},
+                                   args.rounds, args.seconds, work))
+            for name in ("code exchange", "refresh"):
+                print(f"{name} / client credentials (medians): {found[name] / found['client credentials']:.2f}x")
+        if wanted & {1, 3}:
+            R.stop(idp)
+
+        if 2 in wanted:
+            print("2. the ceiling under several gunicorn settings")
+            cases = {}
+            for i, (name, (klass, workers, threads)) in enumerate(SETTINGS.items()):
+                port = args.port + 10 + i
+                p = R.spawn(R.gunicorn_cmd("ceiling:app", port, argparse.Namespace(
+                    workers=workers, threads=threads, worker_class=klass)), cwd=R.BENCH, env=env,
+                    logfile=work / f"ceiling-{i}.log")
+                R.wait_ready(f"http://127.0.0.1:{port}/", p, name)
+                cases[name] = (port, R.CpuMeter([p.pid]), dict(post, path="/"))
+            medians(rounds(cases, args.rounds, args.seconds, work))
     finally:
         R.stop_all()
         admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

@@ -1,6 +1,6 @@
 """cProfile of the client-credentials token endpoint inside one app process (PostgreSQL + Redis, production
 settings as in run.py), through Flask's test client: `python bench/profile_cc.py [N]`. Prints the top functions."""
-import base64, cProfile, io, os, pstats, secrets, subprocess, sys, tempfile
+import base64, cProfile, io, os, pstats, secrets, sys, tempfile
 from pathlib import Path
 
 import psycopg

@@ -12,7 +12,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from tests.support.browser import Customer, callback_params, csrf_token, pkce_pair
+from tests.support.browser import Customer, callback_params, pkce_pair
 
 ISSUER = "http://localhost"
 DESCRIPTION_OK = re.compile(r"^[\x20-\x21\x23-\x5b\x5d-\x7e]*$")

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 from joserfc import jwt
-from joserfc.jwk import ECKey, KeySet, RSAKey
+from joserfc.jwk import ECKey, RSAKey
 
 from tests.support.browser import callback_params
 from tests.test_conformance_rules import ISSUER, assert_json_error, browse, id_claims
