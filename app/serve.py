@@ -10,7 +10,7 @@ tunes them:
 * ``GRANIAN_HOST`` / ``GRANIAN_PORT`` (``0.0.0.0`` / ``8000``).
 * ``GRANIAN_WORKERS``: worker processes, default = CPU cores, capped by ``GRANIAN_MAX_WORKERS`` (8). Each
   is a full copy of the app with its own database pool; HTTP parsing runs on granian's Rust threads, so
-  one process per core keeps the cores busy (gunicorn needs 2 × cores + 1 for the same).
+  one process per core keeps the cores busy (as with gunicorn, app/gunicorn_conf.py).
 * ``GRANIAN_BLOCKING_THREADS`` (2): Python threads per worker that run requests, so a request waiting on
   PostgreSQL, Redis or argon2 does not idle the core (gunicorn's ``threads``).
 * ``GRANIAN_WORKERS_KILL_TIMEOUT`` (30 s): on SIGTERM (a rolling deploy) workers finish in-flight

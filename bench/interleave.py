@@ -9,7 +9,9 @@ alternates the cases round by round and prints medians. Two comparisons, each ca
 2. the ceiling alone under several gunicorn settings (gthread workers × threads, sync workers), to see what the
    server's settings cost apart from the app;
 3. the IdP's code exchange and refresh against its client-credentials token (the "≤ 1.5×" target), codes and
-   refresh tokens minted before each measured run (`--only=3` runs this one alone).
+   refresh tokens minted before each measured run (`--only=3` runs this one alone);
+4. the IdP itself under several gunicorn settings (workers × threads, and plain gthread): client credentials and
+   code exchange on each, to choose app/gunicorn_conf.py's defaults.
 
 It creates and drops its own database and writes nothing else.
 """
@@ -29,10 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as R  # noqa: E402 - bench/run.py's helpers (spawn, wrk, CpuMeter, gunicorn_cmd)
 
 SETTINGS = {  # name -> (worker class, workers, threads)
-    "gthread 4 x 2 (make bench)": ("gthread", 4, 2),
-    "gthread 4 x 1": ("gthread", 4, 1),
-    "gthread 2 x 2": ("gthread", 2, 2),
+    "4 x 2 (make bench)": (R.WORKER_CLASS, 4, 2),
+    "gthread 4 x 2": ("gthread", 4, 2),
+    "4 x 1": (R.WORKER_CLASS, 4, 1),
+    "2 x 2": (R.WORKER_CLASS, 2, 2),
     "sync 4": ("sync", 4, 1),
+}
+
+IDP_SETTINGS = {  # comparison 4: name -> (worker class, workers, threads)
+    "4 x 2": (R.WORKER_CLASS, 4, 2),
+    "2 x 4": (R.WORKER_CLASS, 2, 4),
+    "2 x 2": (R.WORKER_CLASS, 2, 2),
+    "gthread 4 x 2": ("gthread", 4, 2),
 }
 
 
@@ -71,9 +81,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--port", type=int, default=18600)
-    ap.add_argument("--only", type=int, choices=(1, 2, 3), help="run only this comparison")
+    ap.add_argument("--only", type=int, choices=(1, 2, 3, 4), help="run only this comparison")
+    ap.add_argument("--workers", type=int, default=4, help="the IdP's gunicorn workers (default 4, as make bench)")
+    ap.add_argument("--threads", type=int, default=2, help="threads per worker (default 2, as make bench)")
+    ap.add_argument("--worker-class", default=R.WORKER_CLASS, help=f"gunicorn worker class (default {R.WORKER_CLASS})")
     args = ap.parse_args()
-    wanted = {args.only} if args.only else {1, 2, 3}
+    wanted = {args.only} if args.only else {1, 2, 3, 4}
     work = Path(tempfile.mkdtemp(prefix="idp-interleave-"))
     dbname = f"idp_interleave_{os.getpid()}"
     import psycopg
@@ -85,7 +98,8 @@ def main() -> int:
     env = dict(os.environ, IDP_ISSUER=f"http://localhost:{args.port}", SECRET_KEY=secrets.token_urlsafe(48),
                DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}",
                REDIS_URL=f"redis://127.0.0.1:6379/{R.REDIS_DB}", IDP_KEYS_DIR=str(work / "keys"),
-               IDP_RATELIMIT_ENABLED="false", IDP_LOG_LEVEL="WARNING", FLASK_APP="wsgi", IDP_CODE_TTL="600")
+               IDP_RATELIMIT_ENABLED="false", IDP_LOG_LEVEL="WARNING", FLASK_APP="wsgi", IDP_CODE_TTL="600",
+               PYTHONPATH=str(R.ROOT))  # app.gunicorn_worker for the ceiling (run from bench/) too
     post = dict(method="POST", body="grant_type=client_credentials")
     try:
         flask = [str(R.BIN / "flask"), "--app", "wsgi"]
@@ -96,27 +110,29 @@ def main() -> int:
                      "--grant-type", "client_credentials", "--scope", "openid profile email offline_access",
                      "--require-pkce", "--json"], env=env, cwd=R.ROOT, check=True, capture_output=True, text=True
         ).stdout.strip().splitlines()[-1])
-        bench = argparse.Namespace(workers=4, threads=2, worker_class="gthread")
+        bench = argparse.Namespace(workers=args.workers, threads=args.threads, worker_class=args.worker_class)
         auth = {"Authorization": R.basic(created["client_id"], created["client_secret"])}
-        if wanted & {1, 3}:
+        if wanted & {1, 3, 4}:
             idp = R.spawn(R.gunicorn_cmd("wsgi:app", args.port, bench), env=env, logfile=work / "idp.log")
             R.wait_ready(f"http://127.0.0.1:{args.port}/.well-known/openid-configuration", idp, "idp")
         if 1 in wanted:
             ceiling = R.spawn(R.gunicorn_cmd("ceiling:app", args.port + 1, bench), cwd=R.BENCH, env=env,
                               logfile=work / "ceiling.log")
             R.wait_ready(f"http://127.0.0.1:{args.port + 1}/", ceiling, "ceiling")
-            print("1. client-credentials token: the IdP against the one-JWS ceiling (gunicorn, 4 gthread x 2)")
+            print("1. client-credentials token: the IdP against the one-JWS ceiling "
+                  f"(gunicorn, {args.workers} {args.worker_class} x {args.threads})")
             medians(rounds({"IdP": (args.port, R.CpuMeter([idp.pid]), dict(post, path="/token", headers=auth)),
                             "ceiling": (args.port + 1, R.CpuMeter([ceiling.pid]), dict(post, path="/"))},
                            args.rounds, args.seconds, work))
             R.stop(ceiling)
-        if 3 in wanted:
+        if wanted & {3, 4}:
             email, password = "interleave@example.com", secrets.token_urlsafe(16)
             subprocess.run(flask + ["users", "create", "--email", email, "--password", password, "--name",
                                     "Interleave Customer", "--email-verified"], env=env, cwd=R.ROOT, check=True,
                            capture_output=True)
             target = R.IdP(args.port, idp, created["client_id"], created["client_secret"], email, password)
             target.mint_tokens(20)  # signs in and consents once; warms every worker
+        if 3 in wanted:
             rate = {"code": 900.0, "refresh": 900.0}  # req/s to mint for: above what this host reached (≈ 600)
 
             def mint(kind: str):
@@ -132,14 +148,34 @@ def main() -> int:
             exchange = dict(token, body="grant_type=authorization_code&code={1}&redirect_uri="
                                         f"{R.quote(R.REDIRECT, safe='')}&code_verifier={target.verifier}")
             refresh = dict(token, body="grant_type=refresh_token&refresh_token={1}")
-            print("3. the IdP's code exchange and refresh against its client-credentials token (gunicorn, 4 gthread x 2)")
+            print("3. the IdP's code exchange and refresh against its client-credentials token "
+                  f"(gunicorn, {args.workers} {args.worker_class} x {args.threads})")
             found = medians(rounds({"client credentials": (args.port, meter, dict(token)),
                                     "code exchange": (args.port, meter, dict(exchange, mint=mint("code"))),
                                     "refresh": (args.port, meter, dict(refresh, mint=mint("refresh")))},
                                    args.rounds, args.seconds, work))
             for name in ("code exchange", "refresh"):
                 print(f"{name} / client credentials (medians): {found[name] / found['client credentials']:.2f}x")
-        if wanted & {1, 3}:
+        if 4 in wanted:
+            print("4. the IdP under several gunicorn settings: client credentials and code exchange")
+            cases, nodes = {}, []
+            for i, (name, (klass, workers, threads)) in enumerate(IDP_SETTINGS.items()):
+                port = args.port + 30 + i
+                node = R.spawn(R.gunicorn_cmd("wsgi:app", port, argparse.Namespace(
+                    workers=workers, threads=threads, worker_class=klass)), env=env, logfile=work / f"idp-{i}.log")
+                R.wait_ready(f"http://127.0.0.1:{port}/.well-known/openid-configuration", node, name)
+                nodes.append(node)
+                meter = R.CpuMeter([node.pid])
+                token = dict(post, path="/token", headers=auth)
+                cases[f"{name}: client credentials"] = (port, meter, token)
+                cases[f"{name}: code exchange"] = (port, meter, dict(
+                    token, mint=lambda seconds: target.mint_codes(int(900 * seconds * 1.5) + 100),
+                    body="grant_type=authorization_code&code={1}&redirect_uri="
+                         f"{R.quote(R.REDIRECT, safe='')}&code_verifier={target.verifier}"))
+            medians(rounds(cases, args.rounds, args.seconds, work))
+            for node in nodes:
+                R.stop(node)
+        if wanted & {1, 3, 4}:
             R.stop(idp)
 
         if 2 in wanted:

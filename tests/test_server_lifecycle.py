@@ -116,6 +116,58 @@ def test_a_worker_that_dies_is_replaced(kind):
         assert server.running()
 
 
+def _accepted(pid: int, port: int) -> int:
+    """Established TCP connections to ``port`` whose server side process ``pid`` holds."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()  # sl, local address, remote address, state, …, inode (10th)
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01" and fields[9] in inodes:
+                    count += 1
+    return count
+
+
+def test_one_worker_per_core_at_least_two_and_the_cap_wins():
+    from app.gunicorn_conf import default_workers
+
+    assert [default_workers(cores, cap=8) for cores in (1, 2, 4, 16)] == [2, 2, 4, 8]
+    assert default_workers(4, cap=1) == 1  # an operator's GUNICORN_MAX_WORKERS=1 is obeyed
+
+
+def test_connections_that_arrive_together_are_shared_between_the_workers():
+    """app/gunicorn_worker.py: a worker with no free thread leaves new connections to the others. Eight connections
+    opened at once, before any sends a request (each holds a thread while the worker waits for its request), end
+    up two per worker (two threads each), not piled on whichever worker woke first; then each is served."""
+    with LiveServer(workers=4, gunicorn_config="python:app.gunicorn_conf", env={"GUNICORN_PRELOAD": "true"}) as server:
+        _wait(lambda: len(_children(server.pid)) == 4, 30, "four workers")
+        workers = sorted(_children(server.pid))
+        time.sleep(1.0)  # preloaded: every worker is in its accept loop by now
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(8)]
+        try:
+            for sock in socks:
+                sock.settimeout(20)
+                sock.connect(("127.0.0.1", server.port))
+            _wait(lambda: sum(_accepted(w, server.port) for w in workers) == 8, 10, "all eight connections accepted")
+            held = [_accepted(w, server.port) for w in workers]
+            assert held == [2, 2, 2, 2], held
+            for sock in socks:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert [_read_response(sock)[0] for sock in socks] == [200] * 8
+        finally:
+            for sock in socks:
+                sock.close()
+
+
 def test_the_served_app_keeps_its_start_up_objects_out_of_the_collectors_way(tmp_path):
     """wsgi.py freezes what start-up built, so a full garbage collection in a worker does not walk it all."""
     import subprocess
