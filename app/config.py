@@ -57,7 +57,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Extra PostgreSQL connections a process may open beyond IDP_DB_POOL_SIZE under a burst (closed after)."),
     Setting("IDP_DB_PREPARED_STATEMENTS", "IDP_DB_PREPARED_STATEMENTS", True, _bool,
             "PostgreSQL: let psycopg prepare statements it runs often (faster). Set false behind a pooler in "
-            "transaction mode that does not track them, such as PgBouncer before 1.21 (docs/production.md)."),
+            "transaction mode that does not track them, such as PgBouncer with max_prepared_statements = 0 (the "
+            "default before 1.24) (docs/production.md)."),
     Setting("IDP_KEYS_DIR", "IDP_KEYS_DIR", str(ROOT / "keys"), _str,
             "Folder of the signing key ring (keyring.json and one private key file per key, mode 0600, "
             "encrypted under IDP_KEY_ENCRYPTION_KEY)."),

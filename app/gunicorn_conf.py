@@ -7,7 +7,8 @@ Every value can be tuned from the environment (``GUNICORN_*`` below); command-li
 
 What is set and why:
 
-* **workers** = one per CPU core the process may run on, at least 2 (so that a worker being recycled or
+* **workers** = one per CPU core the process may use (its affinity, or a container's cgroup CPU limit if
+  lower), at least 2 (so that a worker being recycled or
   replaced never leaves the node without one), capped by ``GUNICORN_MAX_WORKERS`` (default 8).
   ``GUNICORN_WORKERS`` sets the number outright. Not gunicorn's rule of thumb (2 × cores + 1, meant for
   single-threaded workers): with two threads per worker, processes beyond the cores only add context
@@ -82,9 +83,26 @@ def _bool(name: str, default: bool) -> bool:
     return default if not raw else raw in {"1", "true", "yes", "on"}
 
 
+def available_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may use: its CPU affinity, lowered by a cgroup v2 CPU limit (a container's
+    ``--cpus`` or Kubernetes' ``limits.cpu``, rounded up)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        with open(cpu_max) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def default_workers(cores: int | None = None, cap: int | None = None) -> int:
-    """One per core this process may run on, at least 2; at most ``cap`` (GUNICORN_MAX_WORKERS, default 8)."""
-    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    """One per core this process may use, at least 2; at most ``cap`` (GUNICORN_MAX_WORKERS, default 8)."""
+    cores = cores if cores is not None else available_cores()
     cap = cap if cap is not None else _int("GUNICORN_MAX_WORKERS", 8)
     return max(1, min(max(2, cores), cap))
 

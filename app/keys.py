@@ -155,6 +155,7 @@ class KeyCipher:
             raise ValueError("the key encryption key must be 32 bytes (AES-256)")
         self._aes = AESGCM(key)
         self._fallbacks = [AESGCM(k) for k in fallbacks]
+        self.opened_by_fallback: set[str] = set()  # kids decrypted only by a fallback key (``rekey`` clears it)
 
     @staticmethod
     def _aad(entry: dict) -> bytes:
@@ -169,11 +170,22 @@ class KeyCipher:
         """The joserfc key ``text`` encrypts; KeyRingError naming ``source`` if it cannot be decrypted."""
         if not isinstance(text, str) or not text.startswith(CIPHER_PREFIX):
             raise KeyRingError(f"{source} is not encrypted in a known format")
-        plain = self._open(entry, text, [self._aes, *self._fallbacks])
+        plain = self._open(entry, text, [self._aes])
+        if plain is None and self._fallbacks:
+            plain = self._open(entry, text, self._fallbacks)
+            if plain is not None:
+                self.opened_by_fallback.add(entry["kid"])
         if plain is None:
             raise KeyRingError(f"cannot decrypt {source}: IDP_KEY_ENCRYPTION_KEY is not the key it was "
                                "encrypted with (or it was altered)")
         return import_private_jwk(entry, json.loads(plain), source)
+
+    def warn_if_fallback_used(self) -> None:
+        """At start: say so if some keys are still encrypted under a former key (``flask keys rekey`` is due)."""
+        if self.opened_by_fallback:
+            log.warning("%d signing keys are encrypted under a key of IDP_KEY_ENCRYPTION_KEY_FALLBACKS, not under "
+                        "IDP_KEY_ENCRYPTION_KEY: run `flask keys rekey` before removing the fallback",
+                        len(self.opened_by_fallback))
 
     def is_current(self, entry: dict, text) -> bool:
         """Whether ``text`` is encrypted under ``key`` itself (not a fallback, not plaintext)."""
@@ -319,7 +331,11 @@ class BaseKeyRing:
         """Encrypt every private key under IDP_KEY_ENCRYPTION_KEY, after a change of that key (the old one listed in
         IDP_KEY_ENCRYPTION_KEY_FALLBACKS meanwhile); the kids re-written. Idempotent; the keys themselves stay."""
         with self._writing():
-            return self._rekey()
+            done = self._rekey()
+        cipher = getattr(self, "_cipher", None)
+        if cipher is not None:
+            cipher.opened_by_fallback.clear()
+        return done
 
     def reload_if_changed(self) -> bool:
         """Pick up changes made by other processes; checks the version at most once per interval."""
@@ -600,6 +616,8 @@ def init_app(app: Flask) -> BaseKeyRing:
         ring = KeyRing(app.config["IDP_KEYS_DIR"], encryption_key=file_encryption_key(app.config),
                        fallback_keys=configured_fallback_keys(app.config))
         ring.ensure()  # also encrypts plaintext key files when a key is set, or refuses a key that does not fit
+        if ring._cipher is not None:
+            ring._cipher.warn_if_fallback_used()
     elif store == "database":
         from .keys_db import init_database_ring
 

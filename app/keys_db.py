@@ -279,5 +279,6 @@ def init_database_ring(app: Flask) -> DatabaseKeyRing:
         ring.ensure_on_first_use = True
     else:
         ring.ensure()  # also refuses to start if IDP_KEY_ENCRYPTION_KEY cannot decrypt the stored keys
+        ring._cipher.warn_if_fallback_used()
     return ring
 

@@ -61,10 +61,15 @@ def rounds(cases: dict, n: int, seconds: int, work: Path) -> dict:
         R.wrk(port, seconds=2, connections=16, meter=meter, workdir=work, **spec_of(spec, 2))
     for r in range(n):
         for name, (port, meter, spec) in cases.items():
-            res = R.wrk(port, seconds=seconds, connections=16, meter=meter, workdir=work, **spec_of(spec, seconds))
+            spec = spec_of(spec, seconds)
+            # The cores each worker used: with plain gthread, connections opened together often all land on one.
+            workers = [p for root in meter.roots for p in R.descendants(root) if p not in meter.roots]
+            before = {p: R.cpu_ticks(p) for p in workers}
+            res = R.wrk(port, seconds=seconds, connections=16, meter=meter, workdir=work, **spec)
+            cores = " ".join(f"{(R.cpu_ticks(p) - before[p]) / R.CLK / res['seconds']:.2f}" for p in workers)
             out[name].append((res["cpu_ms_per_req"], res["rps"]))
             print(f"  round {r + 1} {name:30s} {res['cpu_ms_per_req']:.3f} ms/req {res['rps']:7.0f} req/s "
-                  f"errors {sum(res['errors'].values())}", flush=True)
+                  f"errors {sum(res['errors'].values())}  cores per worker: {cores}", flush=True)
     return out
 
 

@@ -362,8 +362,11 @@ def test_changing_the_encryption_key_keeps_the_signing_keys(make_app, tmp_path, 
 
     # 2. The new key encrypts; the old one (and an unrelated one, in a list) only decrypts. A rotation now writes
     # its new key under the new key, which a node still on step 1 reads.
-    step2 = make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=new,
-                     IDP_KEY_ENCRYPTION_KEY_FALLBACKS=f"{secrets.token_urlsafe(32)} , {enc_key}")
+    with warnings_of("app.keys") as warnings:
+        step2 = make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=new,
+                         IDP_KEY_ENCRYPTION_KEY_FALLBACKS=f"{secrets.token_urlsafe(32)} , {enc_key}")
+    assert any("4 signing keys are encrypted under a key of IDP_KEY_ENCRYPTION_KEY_FALLBACKS" in w
+               and "flask keys rekey" in w for w in warnings), warnings
     ring = step2.extensions["idp_keys"]
     assert ring.signing_key("RS256").kid == signing
     runner = step2.test_cli_runner()
@@ -380,6 +383,10 @@ def test_changing_the_encryption_key_keeps_the_signing_keys(make_app, tmp_path, 
     assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in folder.glob("*.json") if p.name != "keyring.json")
     res = runner.invoke(args=["keys", "rekey"])
     assert res.exit_code == 0 and "every key is already encrypted" in res.output
+
+    with warnings_of("app.keys") as warnings:  # rekeyed: the fallback opens nothing any more
+        make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=new, IDP_KEY_ENCRYPTION_KEY_FALLBACKS=enc_key)
+    assert not any("IDP_KEY_ENCRYPTION_KEY_FALLBACKS" in w for w in warnings), warnings
 
     # 3. The new key alone; the old key alone no longer opens the folder.
     step3 = make_app(IDP_KEYS_DIR=keys, IDP_KEY_ENCRYPTION_KEY=new)

@@ -196,6 +196,8 @@ def test_changing_the_encryption_key_re_encrypts_every_row_and_keeps_the_keys(ma
     clock.t += 1
     assert watcher.reload_if_changed() is False  # nothing re-written: no new generation
 
+    # A node still on step 1 (old key, new one as the fallback) reads the re-encrypted rows afresh.
+    assert {alg: DatabaseKeyRing(engine, old, fallback_keys=[new_key]).signing_key(alg).kid for alg in ALGS} == signing
     # The new key alone opens the ring; the old key alone no longer does.
     assert {alg: DatabaseKeyRing(engine, new_key).signing_key(alg).kid for alg in ALGS} == signing
     with pytest.raises(KeyRingError, match="cannot decrypt key .* IDP_KEY_ENCRYPTION_KEY is not the key"):

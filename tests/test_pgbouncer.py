@@ -27,6 +27,8 @@ def bouncer(postgresql_url):
     binary = shutil.which("pgbouncer") or next((p for p in ("/usr/sbin/pgbouncer",) if os.path.exists(p)), None)
     if binary is None:
         services.missing("pgbouncer is not installed (Debian package pgbouncer)")
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split()
+    major_minor = tuple(int(x) for x in version[1].split(".")[:2])  # "PgBouncer 1.18.0"
     url = sa.engine.make_url(postgresql_url)
     port = free_port()
     folder = tempfile.mkdtemp(prefix="idp-pgbouncer-")
@@ -47,6 +49,10 @@ pool_mode = transaction
 default_pool_size = 1
 max_client_conn = 100
 """)
+        if major_minor >= (1, 21):
+            # Since 1.21 PgBouncer can track prepared statements itself (on by default since 1.24); off here, it is
+            # the PgBouncer that IDP_DB_PREPARED_STATEMENTS=false is for.
+            f.write("max_prepared_statements = 0\n")
     os.chmod(ini, 0o644)
     log = open(os.path.join(folder, "pgbouncer.log"), "w+")
     cmd = [binary, ini] + (["-u", "nobody"] if os.geteuid() == 0 else [])
