@@ -268,3 +268,20 @@ def validate(cfg: dict) -> None:
     if hops and not networks:
         raise ConfigError("IDP_TRUSTED_PROXIES is set: IDP_TRUSTED_PROXY_ADDRESSES must name the proxies' addresses "
                           "or CIDRs (forwarded headers from any other peer would let clients forge their address)")
+
+
+def available_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may use: its CPU affinity, lowered by a cgroup v2 CPU limit (a container's
+    ``--cpus`` or Kubernetes' ``limits.cpu``, rounded up)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        with open(cpu_max) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores

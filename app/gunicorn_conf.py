@@ -72,6 +72,8 @@ import os
 
 from gunicorn.glogging import Logger
 
+from app.config import available_cores
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
@@ -81,23 +83,6 @@ def _int(name: str, default: int) -> int:
 def _bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     return default if not raw else raw in {"1", "true", "yes", "on"}
-
-
-def available_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
-    """The cores this process may use: its CPU affinity, lowered by a cgroup v2 CPU limit (a container's
-    ``--cpus`` or Kubernetes' ``limits.cpu``, rounded up)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        with open(cpu_max) as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return cores
 
 
 def default_workers(cores: int | None = None, cap: int | None = None) -> int:

@@ -215,6 +215,8 @@ class BaseKeyRing:
     changed), and optionally ``_key_created`` / ``_removed``.
     """
 
+    _cipher: KeyCipher | None = None  # how private keys are encrypted at rest (subclasses set it)
+
     def __init__(self, *, refresh_interval: float, clock=time.monotonic):
         self.refresh_interval = refresh_interval
         self._clock = clock              # monotonic seconds; tests inject one
@@ -332,9 +334,8 @@ class BaseKeyRing:
         IDP_KEY_ENCRYPTION_KEY_FALLBACKS meanwhile); the kids re-written. Idempotent; the keys themselves stay."""
         with self._writing():
             done = self._rekey()
-        cipher = getattr(self, "_cipher", None)
-        if cipher is not None:
-            cipher.opened_by_fallback.clear()
+        if self._cipher is not None:
+            self._cipher.opened_by_fallback.clear()
         return done
 
     def reload_if_changed(self) -> bool:

@@ -8,7 +8,7 @@ defaults below match the gunicorn configuration where the two mean the same thin
 tunes them:
 
 * ``GRANIAN_HOST`` / ``GRANIAN_PORT`` (``0.0.0.0`` / ``8000``).
-* ``GRANIAN_WORKERS``: worker processes, default = CPU cores, capped by ``GRANIAN_MAX_WORKERS`` (8). Each
+* ``GRANIAN_WORKERS``: worker processes, default = the CPU cores it may use (``app.config.available_cores``), capped by ``GRANIAN_MAX_WORKERS`` (8). Each
   is a full copy of the app with its own database pool; HTTP parsing runs on granian's Rust threads, so
   one process per core keeps the cores busy (as with gunicorn, app/gunicorn_conf.py).
 * ``GRANIAN_BLOCKING_THREADS`` (2): Python threads per worker that run requests, so a request waiting on
@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import os
 
+from .config import available_cores
+
 #: The access-log line: client address, time, method, path (no query string), protocol, status, duration.
 ACCESS_LOG_FORMAT = '%(addr)s [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).1fms'
 
@@ -39,7 +41,7 @@ def _env(name: str, default: str) -> str:
 
 
 def default_workers(cores: int | None = None, cap: int | None = None) -> int:
-    cores = cores or os.cpu_count() or 1
+    cores = cores or available_cores()
     cap = cap if cap is not None else int(_env("GRANIAN_MAX_WORKERS", "8"))
     return max(1, min(cores, cap))
 

@@ -138,7 +138,8 @@ def _accepted(pid: int, port: int) -> int:
 
 
 def test_one_worker_per_core_at_least_two_and_the_cap_wins(tmp_path):
-    from app.gunicorn_conf import available_cores, default_workers
+    from app.config import available_cores
+    from app.gunicorn_conf import default_workers
 
     assert [default_workers(cores, cap=8) for cores in (1, 2, 4, 16)] == [2, 2, 4, 8]
     assert default_workers(4, cap=1) == 1  # an operator's GUNICORN_MAX_WORKERS=1 is obeyed
