@@ -68,6 +68,10 @@ def create_app(overrides: dict | None = None) -> Flask:
     from flask_babel import get_locale
 
     app.jinja_env.globals["get_locale"] = get_locale
+    if app.config["IDP_ACCESS_LOG"]:  # under granian (app/serve.py); inside TrustedProxies, so it sees the client
+        from .access_log import AccessLog, configure
+
+        app.wsgi_app = AccessLog(app.wsgi_app, configure(app.config["IDP_LOG_FORMAT"] == "json"))
     if app.config.get("IDP_TRUSTED_PROXIES"):
         from .config import trusted_proxy_networks
         from .http import TrustedProxies

@@ -137,6 +137,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IDP_LOG_LEVEL", "IDP_LOG_LEVEL", "INFO", _str, "Log level."),
     Setting("IDP_LOG_FORMAT", "IDP_LOG_FORMAT", "text", _str,
             "Log line format: 'text' or 'json' (one JSON object per line, with the request id)."),
+    Setting("IDP_ACCESS_LOG", "IDP_ACCESS_LOG", False, _bool,
+            "The app writes one access line per request on stdout (gunicorn's format: path only, status, "
+            "duration, request id; JSON with IDP_LOG_FORMAT=json). `python -m app.serve` turns it on, since "
+            "granian's own access log cannot carry the request id; leave it off under gunicorn, which writes "
+            "the same line itself."),
     Setting("IDP_METRICS_TOKEN", "IDP_METRICS_TOKEN", None, _str,
             "Bearer token that unlocks GET /metrics (Prometheus). Unset: /metrics answers 404."),
 )

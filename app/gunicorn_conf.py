@@ -72,6 +72,7 @@ import os
 
 from gunicorn.glogging import Logger
 
+from app.access_log import FORMAT as ACCESS_LOG_FORMAT
 from app.config import available_cores
 
 
@@ -123,10 +124,9 @@ forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "").strip()
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 errorlog = os.environ.get("GUNICORN_ERRORLOG", "-")
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
-# %(U)s is the path WITHOUT the query string. Never add %(q)s, %(r)s (the request line includes the query),
-# %(f)s (Referer) or %({…}i)s request headers: codes and tokens travel there. The last field is the response's
-# X-Request-ID (the app sets it on every response; "-" on gunicorn's own error pages).
-access_log_format = '%(h)s - - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s" %({x-request-id}o)s'
+# The path only, never the query string, the Referer or a request header (app/access_log.py explains the fields);
+# under granian the app writes the same line itself (app/access_log.py).
+access_log_format = ACCESS_LOG_FORMAT
 # The app reads the same variable (app/config.py): with json gunicorn's lines are JSON too (JsonLogs, below).
 json_logs = os.environ.get("IDP_LOG_FORMAT", "").strip() == "json"
 

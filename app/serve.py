@@ -17,9 +17,11 @@ tunes them:
   requests for up to this long (gunicorn's ``graceful_timeout``).
 * ``GRANIAN_WORKERS_LIFETIME`` (6 h, ``0`` = never): workers are replaced after this long, against slow
   memory growth (gunicorn's ``max_requests``). A worker that dies unexpectedly is always replaced.
-* ``GRANIAN_ACCESS_LOG`` (``true``): one line per request on stdout with the *path only* — never the
-  query string, which carries authorization codes, ``state``, device user codes and ``id_token_hint`` —
-  and no request headers.
+* ``GRANIAN_ACCESS_LOG`` (``true``): one line per request on stdout, the same line as gunicorn's with
+  app/gunicorn_conf.py (JSON with ``IDP_LOG_FORMAT=json``): the *path only* — never the query string, which
+  carries authorization codes, ``state``, device user codes and ``id_token_hint`` — no request headers but the
+  User-Agent, and the response's ``X-Request-ID``. The app writes it (``IDP_ACCESS_LOG``, app/access_log.py),
+  since granian's own access log cannot carry the request id; granian's is off.
 
 granian ignores ``X-Forwarded-*`` headers altogether; the app believes ``IDP_TRUSTED_PROXIES`` hops of
 ``X-Forwarded-For`` only on connections from ``IDP_TRUSTED_PROXY_ADDRESSES``, and the issuer is always
@@ -31,9 +33,6 @@ from __future__ import annotations
 import os
 
 from .config import available_cores
-
-#: The access-log line: client address, time, method, path (no query string), protocol, status, duration.
-ACCESS_LOG_FORMAT = '%(addr)s [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).1fms'
 
 
 def _env(name: str, default: str) -> str:
@@ -61,14 +60,20 @@ def options() -> dict:
         "workers_kill_timeout": int(_env("GRANIAN_WORKERS_KILL_TIMEOUT", "30")),
         "workers_lifetime": lifetime or None,
         "log_level": _env("GRANIAN_LOG_LEVEL", "info"),
-        "log_access": _env("GRANIAN_ACCESS_LOG", "true").lower() in ("1", "true", "yes", "on"),
-        "log_access_format": ACCESS_LOG_FORMAT,
+        "log_access": False,  # the app writes the access lines (access_log_env)
     }
+
+
+def access_log_env() -> dict:
+    """The workers' environment for the access log: the app writes it (``IDP_ACCESS_LOG``) unless turned off."""
+    wanted = _env("GRANIAN_ACCESS_LOG", "true").lower() in ("1", "true", "yes", "on")
+    return {"IDP_ACCESS_LOG": "true" if wanted else "false"}
 
 
 def main() -> None:
     from granian import Granian
 
+    os.environ.update(access_log_env())  # read by each worker's app (app/config.py)
     Granian("wsgi:app", **options()).serve()
 
 

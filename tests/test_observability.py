@@ -332,7 +332,12 @@ def test_consent_grants_and_withdrawals_are_counted_by_channel(make_app, custome
     assert count("granted", "first_party") == 1 and count("granted", "consent_page") == 2
 
 
-# -- gunicorn's access log with the production configuration ----------------------------------------------------------
+# -- the access log of both production servers -------------------------------------------------------------------------
+# gunicorn writes it (app/gunicorn_conf.py); under granian the app does (app/serve.py, app/access_log.py): the same
+# line, so one parser reads both.
+
+SERVERS = [pytest.param(dict(gunicorn_config="python:app.gunicorn_conf"), "gunicorn.access", id="gunicorn"),
+           pytest.param(dict(server="granian"), "app.access", id="granian")]
 
 def _log_when(server, *markers: str, timeout: float = 10) -> str:
     """The server's log once every marker appears in it (gunicorn writes the access line after the response)."""
@@ -344,8 +349,9 @@ def _log_when(server, *markers: str, timeout: float = 10) -> str:
         time.sleep(0.2)
 
 
-def test_gunicorn_access_lines_carry_the_request_id_and_no_query_string():
-    with LiveServer(workers=1, gunicorn_config="python:app.gunicorn_conf") as server:
+@pytest.mark.parametrize("kind,_logger", SERVERS)
+def test_access_lines_carry_the_request_id_and_no_query_string(kind, _logger):
+    with LiveServer(workers=1, **kind) as server:
         r = requests.get(server.url + "/login?next=/account&code=c0de-in-the-query", timeout=10,
                          headers={"X-Request-ID": "access-1", "Referer": "https://shop.example/cb?code=ref-c0de"})
         assert r.status_code == 200 and r.headers["X-Request-ID"] == "access-1"
@@ -353,13 +359,17 @@ def test_gunicorn_access_lines_carry_the_request_id_and_no_query_string():
         log = _log_when(server, "access-1", made)
     lines = [line for line in log.splitlines() if '"GET /login HTTP/1.1" 200' in line]
     assert len(lines) == 1 and lines[0].endswith(" access-1"), log
+    # gunicorn's format: address - - [time] "request line" status bytes duration "User-Agent" request id
+    assert re.fullmatch(r'127\.0\.0\.1 - - \[[^]]+\] "GET /login HTTP/1\.1" 200 \d+ \d+ms "python-requests/[^"]+" '
+                        r'access-1', lines[0]), lines[0]
     assert any(line.endswith(" " + made) for line in log.splitlines() if '"GET /healthz HTTP/1.1" 200' in line)
     assert "c0de" not in log and "next=" not in log and "shop.example" not in log
 
 
-def test_gunicorn_access_lines_are_json_with_the_apps_keys_under_idp_log_format_json():
+@pytest.mark.parametrize("kind,logger", SERVERS)
+def test_access_lines_are_json_with_the_apps_keys_under_idp_log_format_json(kind, logger):
     agent = 'probe "quoted" \\ agent'
-    with LiveServer(workers=1, gunicorn_config="python:app.gunicorn_conf", env={"IDP_LOG_FORMAT": "json"}) as server:
+    with LiveServer(workers=1, env={"IDP_LOG_FORMAT": "json"}, **kind) as server:
         s = requests.Session()
         page = s.get(server.url + "/login", timeout=10)
         r = s.post(server.url + "/login?code=c0de-in-the-query&state=st4te", timeout=10,
@@ -371,20 +381,23 @@ def test_gunicorn_access_lines_are_json_with_the_apps_keys_under_idp_log_format_
         assert odd.status_code == 404
         log = _log_when(server, '"access-json-1"', odd.headers["X-Request-ID"])
     entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    access = [e for e in entries if e["logger"] == "gunicorn.access"]
+    access = [e for e in entries if e["logger"] == logger]
     assert access and all(line.startswith("{") for line in log.splitlines() if "HTTP/1.1" in line)
     (posted,) = [e for e in access if e["request_id"] == "access-json-1"]
     assert (posted["method"], posted["path"], posted["status"], posted["level"]) == ("POST", "/login", 401, "INFO")
     assert posted["user_agent"] == agent and posted["protocol"] == "HTTP/1.1" and posted["message"] == "POST /login 401"
     assert isinstance(posted["duration_ms"], int) and posted["remote_addr"] == "127.0.0.1" and posted["time"]
     # The app's own line for that request has the same request id under the same key names.
-    (app_line,) = [e for e in entries if e["logger"].startswith("app.") and e.get("request_id") == "access-json-1"]
+    (app_line,) = [e for e in entries if e["logger"].startswith("app.") and e["logger"] != logger
+                   and e.get("request_id") == "access-json-1"]
     assert app_line["message"] == "sign-in failed method=pwd"
     assert {"time", "level", "request_id", "method", "path"} <= set(app_line) & set(posted)
     (missing,) = [e for e in access if e["request_id"] == odd.headers["X-Request-ID"]]
     assert missing["path"] == '/no"such\\path' and missing["status"] == 404
     for secret in ("c0de", "st4te", "state=", "shop.example", "nobody@example.com"):
         assert secret not in log
+    if logger != "gunicorn.access":
+        return  # granian's own start-up lines are its own format
     # gunicorn's own lines too (the master's start, the worker's boot): one stream of JSON objects.
     mine = [line for line in log.splitlines() if line.strip() and "INFO  [alembic" not in line]
     assert all(line.startswith("{") for line in mine), [line for line in mine if not line.startswith("{")][:5]
