@@ -11,7 +11,10 @@ alternates the cases round by round and prints medians. Two comparisons, each ca
 3. the IdP's code exchange and refresh against its client-credentials token (the "≤ 1.5×" target), codes and
    refresh tokens minted before each measured run (`--only=3` runs this one alone);
 4. the IdP itself under several gunicorn settings (workers × threads, and plain gthread): client credentials and
-   code exchange on each, to choose app/gunicorn_conf.py's defaults.
+   code exchange on each, to choose app/gunicorn_conf.py's defaults;
+5. the IdP under gunicorn (app/gunicorn_conf.py's worker) against the IdP under granian (python -m app.serve), the
+   same workers × threads, database, Redis and keys: client credentials, code exchange, refresh, introspection
+   and userinfo, to choose between the two servers.
 
 It creates and drops its own database and writes nothing else.
 """
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as R  # noqa: E402 - bench/run.py's helpers (spawn, wrk, CpuMeter, gunicorn_cmd)
 
 SETTINGS = {  # name -> (worker class, workers, threads)
-    "4 x 2 (make bench)": (R.WORKER_CLASS, 4, 2),
+    "4 x 2": (R.WORKER_CLASS, 4, 2),
     "gthread 4 x 2": ("gthread", 4, 2),
     "4 x 1": (R.WORKER_CLASS, 4, 1),
     "2 x 2": (R.WORKER_CLASS, 2, 2),
@@ -81,17 +84,55 @@ def medians(out: dict) -> dict:
     return found
 
 
+def compare_servers(args, env: dict, work: Path, target, auth: dict, post: dict) -> None:
+    """Comparison 5: gunicorn and granian serving the same app, alternated endpoint by endpoint."""
+    print(f"5. the IdP under gunicorn ({args.workers} {args.worker_class} x {args.threads}) and under granian "
+          f"({args.workers} workers x {args.threads} blocking threads)")
+    port_g = args.port + 50
+    g_proc = R.spawn([sys.executable, "-m", "app.serve"], logfile=work / "idp-granian.log", env=dict(
+        env, GRANIAN_HOST="127.0.0.1", GRANIAN_PORT=str(port_g), GRANIAN_WORKERS=str(args.workers),
+        GRANIAN_BLOCKING_THREADS=str(args.threads), GRANIAN_BACKLOG="512", GRANIAN_ACCESS_LOG="false",
+        GRANIAN_LOG_LEVEL="warning"), cwd=R.ROOT)
+    R.wait_ready(f"http://127.0.0.1:{port_g}/.well-known/openid-configuration", g_proc, "granian")
+    # Both serve one issuer (the environment's), database, Redis and keys: a code or token minted through
+    # gunicorn is redeemed on granian alike. Warm granian's workers first.
+    R.IdP(port_g, g_proc, target.client_id, target.secret, target.email, target.password).mint_tokens(20)
+    access = [x["access_token"] for x in target.mint_tokens(8)]
+    token = dict(post, path="/token", headers=auth)
+    per_endpoint = {
+        "client credentials": dict(token),
+        "code exchange": dict(token, mint=lambda seconds: target.mint_codes(int(900 * seconds * 1.5) + 100),
+                              body="grant_type=authorization_code&code={1}&redirect_uri="
+                                   f"{R.quote(R.REDIRECT, safe='')}&code_verifier={target.verifier}"),
+        "refresh": dict(token, mint=lambda seconds: [x["refresh_token"] for x in
+                                                     target.mint_tokens(int(900 * seconds * 1.5) + 100)],
+                        body="grant_type=refresh_token&refresh_token={1}"),
+        "introspection": dict(post, path="/introspect", headers=auth, values=access,
+                              body="token={1}&token_type_hint=access_token"),
+        "userinfo": dict(path="/userinfo", headers={"Authorization": "Bearer {1}"}, values=access),
+    }
+    meters = {"gunicorn": R.CpuMeter([target.proc.pid]), "granian": R.CpuMeter([g_proc.pid])}
+    cases = {f"{endpoint}: {server}": (args.port if server == "gunicorn" else port_g, meters[server], spec)
+             for endpoint, spec in per_endpoint.items() for server in ("gunicorn", "granian")}
+    found = medians(rounds(cases, args.rounds, args.seconds, work))
+    for endpoint in per_endpoint:
+        g, n = found[f"{endpoint}: gunicorn"], found[f"{endpoint}: granian"]
+        print(f"{endpoint:20s} granian / gunicorn CPU per request (medians): {n / g:.2f}x")
+    R.stop(g_proc)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--port", type=int, default=18600)
-    ap.add_argument("--only", type=int, choices=(1, 2, 3, 4), help="run only this comparison")
-    ap.add_argument("--workers", type=int, default=4, help="the IdP's gunicorn workers (default 4, as make bench)")
+    ap.add_argument("--only", type=int, choices=(1, 2, 3, 4, 5), help="run only this comparison")
+    ap.add_argument("--workers", type=int, default=R.default_workers(),
+                    help=f"the IdP's workers (default {R.default_workers()}: one per core, as make bench)")
     ap.add_argument("--threads", type=int, default=2, help="threads per worker (default 2, as make bench)")
     ap.add_argument("--worker-class", default=R.WORKER_CLASS, help=f"gunicorn worker class (default {R.WORKER_CLASS})")
     args = ap.parse_args()
-    wanted = {args.only} if args.only else {1, 2, 3, 4}
+    wanted = {args.only} if args.only else {1, 2, 3, 4, 5}
     work = Path(tempfile.mkdtemp(prefix="idp-interleave-"))
     dbname = f"idp_interleave_{os.getpid()}"
     import psycopg
@@ -117,7 +158,7 @@ def main() -> int:
         ).stdout.strip().splitlines()[-1])
         bench = argparse.Namespace(workers=args.workers, threads=args.threads, worker_class=args.worker_class)
         auth = {"Authorization": R.basic(created["client_id"], created["client_secret"])}
-        if wanted & {1, 3, 4}:
+        if wanted & {1, 3, 4, 5}:
             idp = R.spawn(R.gunicorn_cmd("wsgi:app", args.port, bench), env=env, logfile=work / "idp.log")
             R.wait_ready(f"http://127.0.0.1:{args.port}/.well-known/openid-configuration", idp, "idp")
         if 1 in wanted:
@@ -130,7 +171,7 @@ def main() -> int:
                             "ceiling": (args.port + 1, R.CpuMeter([ceiling.pid]), dict(post, path="/"))},
                            args.rounds, args.seconds, work))
             R.stop(ceiling)
-        if wanted & {3, 4}:
+        if wanted & {3, 4, 5}:
             email, password = "interleave@example.com", secrets.token_urlsafe(16)
             subprocess.run(flask + ["users", "create", "--email", email, "--password", password, "--name",
                                     "Interleave Customer", "--email-verified"], env=env, cwd=R.ROOT, check=True,
@@ -180,7 +221,9 @@ def main() -> int:
             medians(rounds(cases, args.rounds, args.seconds, work))
             for node in nodes:
                 R.stop(node)
-        if wanted & {1, 3, 4}:
+        if 5 in wanted:
+            compare_servers(args, env, work, target, auth, post)
+        if wanted & {1, 3, 4, 5}:
             R.stop(idp)
 
         if 2 in wanted:
