@@ -184,6 +184,48 @@ def test_connections_that_arrive_together_are_shared_between_the_workers():
             _wait(lambda: sum(_accepted(w, server.port) for w in workers) == 0, 10, "the connections closed")
 
 
+def test_a_worker_holding_more_than_its_share_of_kept_alive_connections_hands_them_back():
+    """app/gunicorn_worker.py: kept-alive connections stay where they were accepted, so the spread must last too.
+    While one of two workers is stopped, eight keep-alive clients all land on the other; once it runs again, the
+    crowded one answers a request now and then with "Connection: close" until each worker holds four, every
+    request answered in full. (Plain gthread keeps all eight on one worker for good.)"""
+    env = {"GUNICORN_PRELOAD": "true"}
+    with LiveServer(workers=2, gunicorn_config="python:app.gunicorn_conf", env=env) as server:
+        _wait(lambda: len(_children(server.pid)) == 2, 30, "two workers")
+        time.sleep(1.0)  # preloaded: both workers are in their accept loops by now
+        first, second = sorted(_children(server.pid))
+        clients = [requests.Session() for _ in range(8)]
+        statuses = []
+        os.kill(second, signal.SIGSTOP)
+        try:
+            for client in clients:
+                statuses.append(client.get(server.url + "/healthz", timeout=20).status_code)
+            # (It hands some back meanwhile, but they can only come back to it.)
+            piled = _accepted(first, server.port)
+            assert _accepted(second, server.port) == 0 and piled > 4, piled
+        finally:
+            os.kill(second, signal.SIGCONT)
+
+        def held() -> list[int]:
+            return [_accepted(first, server.port), _accepted(second, server.port)]
+
+        closed = 0
+
+        deadline = time.monotonic() + 20
+        while held() != [4, 4] and time.monotonic() < deadline:
+            for client in clients:  # one request at a time: no worker is ever busy, only crowded
+                r = client.get(server.url + "/healthz", timeout=20)
+                statuses.append(r.status_code)
+                closed += r.headers.get("Connection", "").lower() == "close"
+        assert held() == [4, 4], held()
+        assert set(statuses) == {200} and closed >= piled - 4, (set(statuses), closed, piled)
+        for client in clients:  # the spread holds: nothing more is handed back
+            for _ in range(5):
+                r = client.get(server.url + "/healthz", timeout=20)
+                assert r.status_code == 200 and r.headers.get("Connection", "").lower() != "close"
+        assert held() == [4, 4], held()
+
+
 def test_the_served_app_keeps_its_start_up_objects_out_of_the_collectors_way(tmp_path):
     """wsgi.py freezes what start-up built, so a full garbage collection in a worker does not walk it all."""
     import subprocess
