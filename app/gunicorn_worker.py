@@ -47,14 +47,23 @@ SHED_EVERY = 0.05
 LIVE_FOR = 1.0
 
 
-def _alive(pid: int) -> bool:
+def _worker_of(pid: int, master: int) -> bool:
+    """``pid`` is a running (not a zombie) child of ``master``: a worker of this server, not a process that reused
+    a dead worker's pid."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state, ppid = f.read().rsplit(b")", 1)[1].split()[:2]
+        return state != b"Z" and int(ppid) == master
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except OSError:  # no /proc (macOS): whether the pid exists at all
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
         return True
-    return True
 
 
 class Board:
@@ -63,7 +72,7 @@ class Board:
     One slot per worker: its pid (0 until the worker has started), its connections, and when the master reserved
     it (ms). The master reserves a slot for each worker it creates (``reserve``, single-threaded, before the fork);
     the worker writes its pid when it starts and its count whenever it changes. A slot whose worker died, however it
-    died, is free again: readers skip slots whose pid is gone.
+    died, is free again: readers skip slots whose pid is no longer a running child of the master.
     """
 
     FIELDS = 3  # pid, connections, reserved at (ms, CLOCK_MONOTONIC, the same clock in every process)
@@ -77,10 +86,10 @@ class Board:
 
     def reserve(self) -> int | None:
         """A free slot for a worker about to be forked (in the master), or None if the board is full."""
-        now, c, f = int(time.monotonic() * 1000), self.cells, self.FIELDS
+        now, c, f, master = int(time.monotonic() * 1000), self.cells, self.FIELDS, os.getpid()
         for i in range(self.slots):
             pid, reserved = c[i * f], c[i * f + 2]
-            if pid > 0 and _alive(pid):
+            if pid > 0 and _worker_of(pid, master):
                 continue
             if pid == 0 and reserved and now - reserved < self.PENDING_FOR_MS:
                 continue  # reserved for a worker that is starting
@@ -99,10 +108,10 @@ class Board:
         c, f = self.cells, self.FIELDS
         c[slot * f], c[slot * f + 1], c[slot * f + 2] = 0, 0, 0
 
-    def live(self, but: int) -> list[int]:
-        """The slots of the other workers that are running."""
-        c, f = self.cells, self.FIELDS
-        return [i for i in range(self.slots) if i != but and c[i * f] > 0 and _alive(c[i * f])]
+    def live(self, but: int, master: int | None = None) -> list[int]:
+        """The slots of the other workers that are running (called in a worker: ``master`` is its parent)."""
+        c, f, master = self.cells, self.FIELDS, master or os.getppid()
+        return [i for i in range(self.slots) if i != but and c[i * f] > 0 and _worker_of(c[i * f], master)]
 
     def connections(self, slots: list[int]) -> list[int]:
         return [self.cells[i * self.FIELDS + 1] for i in slots]

@@ -226,6 +226,37 @@ def test_a_worker_holding_more_than_its_share_of_kept_alive_connections_hands_th
         assert held() == [4, 4], held()
 
 
+def test_the_connection_board_counts_running_workers_only():
+    """The board of connection counts (app/gunicorn_worker.py) skips a slot whose worker died, or whose pid now
+    belongs to a process that is not one of the master's workers, and gives that slot to the next worker."""
+    import subprocess
+    import sys
+
+    from app.gunicorn_worker import Board
+
+    board = Board(slots=4)
+    first, second, mine = board.reserve(), board.reserve(), board.reserve()
+    assert (first, second, mine) == (0, 1, 2)  # reserved before their workers start: not handed out twice
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a child: stands for a worker
+    try:
+        board.claim(first, worker.pid)
+        board.publish(first, 5)
+        board.claim(second, 1)  # init: alive, but not a child of this "master": a pid reused after a worker died
+        board.publish(second, 7)
+        assert board.live(but=mine, master=os.getpid()) == [first]
+        assert board.connections([first]) == [5]
+        assert board.reserve() == second  # a stale slot is given out again
+        assert board.reserve() == 3
+        assert board.reserve() is None  # full: that worker runs without balancing
+    finally:
+        worker.kill()
+        worker.wait()
+    assert board.live(but=mine, master=os.getpid()) == []
+    assert board.reserve() == first  # the dead worker's slot is free again
+    board.release(mine)
+    assert board.connections([mine]) == [0]
+
+
 def test_the_served_app_keeps_its_start_up_objects_out_of_the_collectors_way(tmp_path):
     """wsgi.py freezes what start-up built, so a full garbage collection in a worker does not walk it all."""
     import subprocess
