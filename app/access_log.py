@@ -4,13 +4,13 @@
 app: after each response has been sent, one line on stdout, in the same format as gunicorn's access lines with
 app/gunicorn_conf.py, so that both servers' logs read alike and a log pipeline needs one parser:
 
-* text: ``gunicorn_conf.access_log_format`` (address, time, request line with the *path only*, status, bytes,
-  duration in ms, User-Agent, then the response's ``X-Request-ID``);
+* text: ``FORMAT``, which app/gunicorn_conf.py gives gunicorn (address, time, request line with the *path
+  only*, status, bytes sent, duration in ms, User-Agent, then the response's ``X-Request-ID``);
 * ``IDP_LOG_FORMAT=json``: the JSON object of ``observability.AccessJsonFormatter`` (the app's key names).
 
 Never the query string (authorization codes, ``state``, device user codes, ``id_token_hint``), the Referer or
-any other request header; the line goes through the masking filter like the app's own lines. Under gunicorn
-this stays off: gunicorn writes the same line itself.
+any other request header but the User-Agent; the path and the User-Agent are masked like the app's lines, and
+control characters in them escaped. Under gunicorn this stays off: gunicorn writes the same line itself.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import logging
 import sys
 import time
 
-from werkzeug.wsgi import ClosingIterator
 
 #: The logger of the access lines (its own handler on stdout; it does not propagate to the root logger).
 LOGGER = "app.access"
@@ -31,8 +30,8 @@ FORMAT = '%(h)s - - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s" %({x-r
 
 
 def configure(json_lines: bool) -> logging.Logger:
-    """The access logger with one stdout handler, JSON or text, masked; idempotent."""
-    from .observability import AccessJsonFormatter, MaskingFilter
+    """The access logger with one stdout handler, JSON or text; idempotent."""
+    from .observability import AccessJsonFormatter
 
     logger = logging.getLogger(LOGGER)
     logger.setLevel(logging.INFO)
@@ -42,11 +41,36 @@ def configure(json_lines: bool) -> logging.Logger:
         handler = logging.StreamHandler(sys.stdout)
         handler._idp_access = True
         logger.addHandler(handler)
-    # JSON: the formatter reads the atoms and masks the path and User-Agent itself. Text: the masking filter merges
-    # the atoms into the line and masks it, as it does the app's lines.
+    # JSON: the formatter builds the object from the atoms. Text: the atoms fill FORMAT, as in gunicorn.
     handler.setFormatter(AccessJsonFormatter() if json_lines else logging.Formatter("%(message)s"))
-    handler.filters = [] if json_lines else [MaskingFilter()]
     return logger
+
+
+def _clean(value: str) -> str:
+    """Masked, one line: a CR or LF (percent-decoded into the path) must not start a line of its own."""
+    from .observability import mask  # not at import: app/gunicorn_conf.py reads FORMAT in gunicorn's master
+
+    return mask(value).replace("\r", "\\r").replace("\n", "\\n")
+
+
+class _Logged:
+    """The response body, passed through; counts the bytes and writes the line once, when the server closes it."""
+
+    def __init__(self, body, done):
+        self._body, self._done, self.sent = body, done, 0
+
+    def __iter__(self):
+        for chunk in self._body:
+            self.sent += len(chunk)
+            yield chunk
+
+    def close(self):
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._done(self.sent)
 
 
 class AccessLog:
@@ -66,22 +90,22 @@ class AccessLog:
         try:
             body = self.wsgi_app(environ, start)
         except BaseException:
-            self._write(environ, {"status": "500", "headers": []}, started)
+            self._write(environ, {"status": "500", "headers": []}, started, 0)
             raise
-        return ClosingIterator(body, lambda: self._write(environ, seen, started))
+        return _Logged(body, lambda sent: self._write(environ, seen, started, sent))
 
-    def _write(self, environ, seen: dict, started: float) -> None:
+    def _write(self, environ, seen: dict, started: float, sent: int) -> None:
         headers = {k.lower(): v for k, v in seen.get("headers", ())}
         atoms = {
             "h": environ.get("REMOTE_ADDR") or "-",
             "t": time.strftime("[%d/%b/%Y:%H:%M:%S %z]"),
             "m": environ.get("REQUEST_METHOD", "-"),
-            "U": environ.get("PATH_INFO", ""),
+            "U": _clean(environ.get("PATH_INFO", "")),
             "H": environ.get("SERVER_PROTOCOL", "-"),
             "s": str(seen.get("status", "-")).split(" ", 1)[0],
-            "B": int(length) if (length := headers.get("content-length", "")).isdigit() else "-",
+            "B": sent,  # the body's bytes, as gunicorn counts them
             "M": int((time.perf_counter() - started) * 1000),
-            "a": environ.get("HTTP_USER_AGENT", "-"),
+            "a": _clean(environ.get("HTTP_USER_AGENT", "-")),
             "{x-request-id}o": headers.get("x-request-id", "-"),
         }
         # As gunicorn's SafeAtoms: a double quote in a value is escaped, so the quoted fields stay parseable

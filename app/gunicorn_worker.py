@@ -1,4 +1,4 @@
-"""gunicorn's gthread worker, accepting a connection only while one of its threads is free.
+"""gunicorn's gthread worker, keeping the connections spread over the workers.
 
 gunicorn's workers share one listening socket, and a gthread worker accepts every connection it can (up to
 ``worker_connections``, 1000) and keeps the kept-alive ones for good. Connections that arrive together (a load
@@ -11,25 +11,33 @@ halved. This worker stops accepting while all of its threads are busy, so a work
 
 Kept-alive connections stay with the worker that accepted them, so the spread must also last. A load balancer
 keeps a pool of connections and sends its requests over all of them alike: a worker holding 10 of 16 connections
-on two workers gets 62 % of the requests, and saturates at 80 % of the node's capacity while the other idles.
-(Measured: with the rule above alone, 16 connections opened at once ended up 9/7 or 10/6, and one worker's queue
-set the node's p99.) So the workers also share how many connections each holds, on a small board of shared
-memory the master makes before it forks (``Board``):
+on two workers gets 62 % of the requests, and runs near its limit at 80 % of the node's capacity while the other
+has room. (Measured with ``bench/spread.py``: with the rule above alone, 16 connections ended up 9/7, 7/9, 6/10
+and 7/9.) So the workers also share how many connections each holds, on a small board of shared memory the
+master makes before it forks (``Board``; a worker is on it while it accepts connections, from its first turn of
+the loop to the start of its shutdown):
 
-* a worker that holds more connections than another one leaves new connections to the others (for the same
-  ``ACCEPT_WHEN_BUSY_AFTER``, after which it takes one anyway);
+* a worker that holds more connections than another one leaves new connections to the others; it looks every
+  ``CROWDED_LOOK_EVERY`` (50 ms) and takes one still waiting then, in case the others stopped accepting;
 * a worker holding more than its share (the total over the workers, rounded up) answers one request with
   ``Connection: close``, at most once every ``SHED_EVERY`` (50 ms): the client opens a new connection, which a
   worker with fewer takes. Nothing is cut off: the response is whole, and says the connection ends.
 
-Used by ``app/gunicorn_conf.py`` (``worker_class``) and by ``make bench``.
+A connection that ends is closed gracefully (gunicorn sends its FIN and waits up to 2 s for the client's, so
+that unread bytes do not turn into a reset) on a thread of its own, not on the worker's event loop, which
+gunicorn's gthread blocks for that wait.
+
+With ``reuse_port`` the kernel chooses each connection's worker, so only the handing back applies. Used by
+``app/gunicorn_conf.py`` (``worker_class``) and by ``make bench``.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import queue
 import select
+import threading
 import time
 
 from gunicorn.workers import gthread
@@ -39,24 +47,20 @@ from gunicorn.workers import gthread
 # when some worker happens to have a free thread, which under keep-alive traffic may not come for a long time.
 # GUNICORN_ACCEPT_WHEN_BUSY_AFTER (seconds) overrides it.
 ACCEPT_WHEN_BUSY_AFTER = 0.005
-
-
+#: A worker holding more connections than another looks this often for a connection that nobody took (seconds).
+CROWDED_LOOK_EVERY = 0.05
 #: A worker with more than its share of the connections hands one back at most this often (seconds).
 SHED_EVERY = 0.05
 #: How long a worker trusts its list of the live workers on the board before looking again (seconds).
 LIVE_FOR = 1.0
 
+_PROC = os.path.isdir("/proc/self")
+
 
 def _worker_of(pid: int, master: int) -> bool:
     """``pid`` is a running (not a zombie) child of ``master``: a worker of this server, not a process that reused
-    a dead worker's pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state, ppid = f.read().rsplit(b")", 1)[1].split()[:2]
-        return state != b"Z" and int(ppid) == master
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (macOS): whether the pid exists at all
+    a dead worker's pid. Without /proc (macOS): whether the pid exists."""
+    if not _PROC:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -64,20 +68,27 @@ def _worker_of(pid: int, master: int) -> bool:
         except PermissionError:
             pass
         return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state, ppid = f.read().rsplit(b")", 1)[1].split()[:2]
+    except OSError:
+        return False
+    return state != b"Z" and int(ppid) == master
 
 
 class Board:
     """How many connections each worker holds, in memory the master maps before forking and its workers share.
 
-    One slot per worker: its pid (0 until the worker has started), its connections, and when the master reserved
-    it (ms). The master reserves a slot for each worker it creates (``reserve``, single-threaded, before the fork);
-    the worker writes its pid when it starts and its count whenever it changes. A slot whose worker died, however it
-    died, is free again: readers skip slots whose pid is no longer a running child of the master.
+    One slot per worker: its pid (0 while it is not accepting), its connections, and when the master reserved it
+    (ms). The master reserves a slot for each worker it creates (``reserve``, single-threaded, before the fork);
+    the worker writes its pid when it starts accepting and its count whenever it changes, and gives the slot back
+    when it stops. A slot whose worker died, however it died, is free again: readers skip slots whose pid is no
+    longer a running child of the master.
     """
 
     FIELDS = 3  # pid, connections, reserved at (ms, CLOCK_MONOTONIC, the same clock in every process)
     SLOTS = 256
-    PENDING_FOR_MS = 30_000  # a reserved slot whose worker never started is free again after this
+    PENDING_FOR_MS = 300_000  # a reserved slot whose worker never claimed it is free again after this
 
     def __init__(self, slots: int = SLOTS):
         self.slots = slots
@@ -92,7 +103,7 @@ class Board:
             if pid > 0 and _worker_of(pid, master):
                 continue
             if pid == 0 and reserved and now - reserved < self.PENDING_FOR_MS:
-                continue  # reserved for a worker that is starting
+                continue  # reserved for a worker that has not started accepting yet
             c[i * f], c[i * f + 1], c[i * f + 2] = 0, 0, now
             return i
         return None
@@ -106,10 +117,11 @@ class Board:
 
     def release(self, slot: int) -> None:
         c, f = self.cells, self.FIELDS
-        c[slot * f], c[slot * f + 1], c[slot * f + 2] = 0, 0, 0
+        c[slot * f + 1], c[slot * f + 2] = 0, 0
+        c[slot * f] = 0  # last: until then the slot is still this worker's, so the master cannot hand it out
 
     def live(self, but: int, master: int | None = None) -> list[int]:
-        """The slots of the other workers that are running (called in a worker: ``master`` is its parent)."""
+        """The slots of the other workers that are accepting (called in a worker: ``master`` is its parent)."""
         c, f, master = self.cells, self.FIELDS, master or os.getppid()
         return [i for i in range(self.slots) if i != but and c[i * f] > 0 and _worker_of(c[i * f], master)]
 
@@ -122,12 +134,33 @@ def _accept_when_busy_after() -> float:
     return float(raw) if raw else ACCEPT_WHEN_BUSY_AFTER
 
 
+class _Closer:
+    """One thread that closes ended connections gracefully, off the worker's event loop (a daemon: a worker that
+    exits does not wait for a client's FIN)."""
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="graceful-close", daemon=True).start()
+
+    def close(self, conn) -> None:
+        self._queue.put(conn)
+
+    def _run(self) -> None:
+        while True:
+            conn = self._queue.get()
+            try:
+                conn.close(graceful=True)
+            except Exception:  # noqa: BLE001 - a socket that fails to close is gone either way
+                pass
+
+
 class ThreadWorker(gthread.ThreadWorker):
     """gthread, accepting new connections only with a free thread and no more connections than another worker (or
     after a short wait), and handing back connections it holds beyond its share (see above)."""
 
     _board: Board | None = None  # made by the master (check_config), inherited by every worker it forks
-    _slot: int | None = None  # this worker's slot on the board; None: the board is full, no balancing
+    _slot: int | None = None  # this worker's slot on the board; None: no balancing (the board full, or stopping)
+    _on_board = False  # the slot is claimed (the worker is accepting): the count is published
     _nr_conns = 0
 
     @classmethod
@@ -141,10 +174,16 @@ class ThreadWorker(gthread.ThreadWorker):
         super().__init__(*args, **kwargs)
         self.in_flight = 0  # connections handed to the thread pool and not finished (main thread only)
         self._closed_since = 0.0
+        self._look_again_at = 0.0  # while not accepting: when the main loop should look again
         self._busy_wait = _accept_when_busy_after()
         self._others: list[int] = []
         self._others_until = 0.0
         self._last_shed = 0.0
+        self._shed_lock = threading.Lock()
+        self._listeners = None  # a poll object on the listening sockets (any fd number, unlike select)
+        self._closer = None
+
+    # -- the board -------------------------------------------------------------------------------------------------
 
     @property
     def nr_conns(self) -> int:
@@ -153,17 +192,116 @@ class ThreadWorker(gthread.ThreadWorker):
     @nr_conns.setter
     def nr_conns(self, value: int) -> None:  # gthread counts its connections here (main thread): publish the count
         self._nr_conns = value
-        if self._slot is not None and self._board is not None:
+        if self._on_board:
             self._board.publish(self._slot, value)
 
-    def init_process(self):  # in the worker; returns when the worker stops
-        if self._slot is not None:
+    def _join_board(self) -> None:
+        if self._slot is not None and not self._on_board:
             self._board.claim(self._slot, os.getpid())
+            self._board.publish(self._slot, self._nr_conns)
+            self._on_board = True
+
+    def _leave_board(self) -> None:
+        """Stopping (or stopped): off the board, so the others neither wait for it nor count it in their share."""
+        if self._on_board:
+            self._on_board = False
+            self._board.release(self._slot)
+        self._slot = None
+
+    def run(self):
+        # Joins the board once the app is loaded and the loop starts (a worker still importing the app would count
+        # as an idle worker the others leave new connections to); leaves it when it stops accepting for good.
+        self._closer = _Closer()
+        self._listeners = select.poll()
+        for listener in self.sockets:
+            self._listeners.register(listener, select.POLLIN)
+        self._join_board()
         try:
-            super().init_process()
+            super().run()
         finally:
-            if self._slot is not None:
-                self._board.release(self._slot)
+            self._leave_board()
+
+    def _other_connections(self) -> list[int]:
+        if not self._on_board:
+            return []
+        now = time.monotonic()
+        if now >= self._others_until:
+            self._others, self._others_until = self._board.live(but=self._slot), now + LIVE_FOR
+        return self._board.connections(self._others)
+
+    # -- accepting -------------------------------------------------------------------------------------------------
+
+    def _busy(self) -> bool:
+        return self.in_flight >= self.cfg.threads
+
+    def _crowded(self) -> bool:
+        """Another worker holds fewer connections: new ones should go there (the kernel decides with reuse_port)."""
+        if self.cfg.reuse_port:
+            return False
+        others = self._other_connections()
+        return bool(others) and self._nr_conns > min(others)
+
+    def _eligible(self) -> bool:
+        return not self._busy() and not self._crowded()
+
+    def _close_for_now(self) -> None:
+        self._closed_since = time.monotonic()
+        self._look_again_at = self._closed_since + (self._busy_wait if self._busy() else CROWDED_LOOK_EVERY)
+        super().set_accept_enabled(False)
+
+    def _may_accept(self) -> bool:
+        if self._eligible():
+            return True
+        now = time.monotonic()
+        if now < self._look_again_at:
+            return False
+        if self._busy():
+            return True  # every worker may be busy (a saturated node): a new connection waits no longer
+        # Crowded but idle: take a connection only if one is still waiting, that no worker with fewer took (they
+        # may have stopped accepting, or be stuck).
+        if self._listeners.poll(0):
+            return True
+        self._look_again_at = now + CROWDED_LOOK_EVERY
+        return False
+
+    def set_accept_enabled(self, enabled):
+        if not enabled and not self.alive:
+            self._leave_board()  # the graceful shutdown begins (SIGTERM, SIGHUP, max_requests)
+        # run() calls this at each turn of its loop while accepting is off (and the connection limit allows it), so
+        # the listener comes back as soon as a request finishes or the wait is over.
+        super().set_accept_enabled(enabled and self._may_accept())
+
+    def accept(self, listener):
+        super().accept(listener)  # may have lost the race for the connection to another worker: nothing accepted
+        if self._accepting and not self._eligible():
+            self._close_for_now()
+
+    def enqueue_req(self, conn):
+        # Every way a request reaches the pool (a new connection, a kept-alive or pending one, read-ahead) counts;
+        # once every thread is taken, the listener is left to the other workers.
+        super().enqueue_req(conn)
+        self.in_flight += 1  # after the submit: finish_request runs on this thread, later
+        if self._accepting and not self._eligible():
+            self._close_for_now()
+
+    def finish_request(self, conn, fs):
+        self.in_flight -= 1
+        if not fs.cancelled() and fs.exception() is None and fs.result() is False:
+            # The connection ends here: gthread would close it gracefully on this (the event loop's) thread and
+            # block every other connection of the worker until the client's FIN, for up to 2 s.
+            self.nr_conns -= 1
+            self._closer.close(conn)
+            return
+        super().finish_request(conn, fs)
+
+    def wait_for_and_dispatch_events(self, timeout):
+        # Closed for being busy or crowded: look again when the wait is over, not at the loop's one-second tick.
+        # (Not while stopping: then the loop only drains the connections it has.)
+        if self.alive and not self._accepting and self.nr_conns < self.worker_connections:
+            timeout = min(timeout, max(0.001, self._look_again_at - time.monotonic()))
+        super().wait_for_and_dispatch_events(timeout)
+
+    # -- handing back ----------------------------------------------------------------------------------------------
 
     def load_wsgi(self):
         super().load_wsgi()
@@ -177,19 +315,6 @@ class ThreadWorker(gthread.ThreadWorker):
 
         self.wsgi = balanced
 
-    def _other_connections(self) -> list[int]:
-        if self._slot is None:
-            return []
-        now = time.monotonic()
-        if now >= self._others_until:
-            self._others, self._others_until = self._board.live(but=self._slot), now + LIVE_FOR
-        return self._board.connections(self._others)
-
-    def _crowded(self) -> bool:
-        """Another worker holds fewer connections: new ones should go there."""
-        others = self._other_connections()
-        return bool(others) and self._nr_conns > min(others)
-
     def _should_shed(self) -> bool:
         """More connections than this worker's share, and none handed back in the last SHED_EVERY (request threads)."""
         others = self._other_connections()
@@ -198,49 +323,9 @@ class ThreadWorker(gthread.ThreadWorker):
         share = -(-(self._nr_conns + sum(others)) // (len(others) + 1))  # the total over the workers, rounded up
         if self._nr_conns <= share:
             return False
-        self._last_shed = time.monotonic()
-        return True
-
-    def _busy(self) -> bool:
-        return self.in_flight >= self.cfg.threads
-
-    def _eligible(self) -> bool:
-        return not self._busy() and not self._crowded()
-
-    def _may_accept(self) -> bool:
-        if self._eligible():
+        with self._shed_lock:  # one hand-back per SHED_EVERY, whichever thread gets here first
+            now = time.monotonic()
+            if now - self._last_shed < SHED_EVERY:
+                return False
+            self._last_shed = now
             return True
-        now = time.monotonic()
-        if now - self._closed_since < self._busy_wait:
-            return False
-        if self._busy():
-            return True  # every worker may be busy (a saturated node): a new connection waits no longer
-        # Crowded but idle: take a connection only if one is still waiting, that no worker with fewer took.
-        if select.select(self.sockets, [], [], 0)[0]:
-            return True
-        self._closed_since = now  # look again after another wait
-        return False
-
-    def set_accept_enabled(self, enabled):
-        # run() calls this at each turn of its loop while accepting is off (and the connection limit allows it), so
-        # the listener comes back as soon as a request finishes or the wait is over.
-        super().set_accept_enabled(enabled and self._may_accept())
-
-    def enqueue_req(self, conn):
-        # Every way a request reaches the pool (a new connection, a kept-alive or pending one, read-ahead) counts;
-        # once every thread is taken, the listener is left to the other workers.
-        super().enqueue_req(conn)
-        self.in_flight += 1  # after the submit: finish_request runs on this thread, later
-        if self._accepting and not self._eligible():
-            self._closed_since = time.monotonic()
-            super().set_accept_enabled(False)
-
-    def finish_request(self, conn, fs):
-        self.in_flight -= 1
-        super().finish_request(conn, fs)
-
-    def wait_for_and_dispatch_events(self, timeout):
-        # Closed for being busy or crowded: look again when the wait is over, not at the loop's one-second tick.
-        if not self._accepting and self.nr_conns < self.worker_connections:
-            timeout = min(timeout, max(0.001, self._closed_since + self._busy_wait - time.monotonic()))
-        super().wait_for_and_dispatch_events(timeout)

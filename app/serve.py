@@ -73,7 +73,8 @@ def access_log_env() -> dict:
 def main() -> None:
     from granian import Granian
 
-    os.environ.update(access_log_env())  # read by each worker's app (app/config.py)
+    for name, value in access_log_env().items():  # read by each worker's app (app/config.py)
+        os.environ.setdefault(name, value)  # an operator's own IDP_ACCESS_LOG wins
     Granian("wsgi:app", **options()).serve()
 
 

@@ -349,18 +349,20 @@ def _log_when(server, *markers: str, timeout: float = 10) -> str:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("kind,_logger", SERVERS)
-def test_access_lines_carry_the_request_id_and_no_query_string(kind, _logger):
+@pytest.mark.parametrize("kind", [pytest.param(p.values[0], id=p.id) for p in SERVERS])
+def test_access_lines_carry_the_request_id_and_no_query_string(kind):
     with LiveServer(workers=1, **kind) as server:
         r = requests.get(server.url + "/login?next=/account&code=c0de-in-the-query", timeout=10,
-                         headers={"X-Request-ID": "access-1", "Referer": "https://shop.example/cb?code=ref-c0de"})
+                         headers={"X-Request-ID": "access-1", "Referer": "https://shop.example/cb?code=ref-c0de",
+                                  "User-Agent": 'probe "q" agent'})
         assert r.status_code == 200 and r.headers["X-Request-ID"] == "access-1"
         made = requests.get(server.url + "/healthz", timeout=10).headers["X-Request-ID"]  # an id the app made
         log = _log_when(server, "access-1", made)
     lines = [line for line in log.splitlines() if '"GET /login HTTP/1.1" 200' in line]
     assert len(lines) == 1 and lines[0].endswith(" access-1"), log
-    # gunicorn's format: address - - [time] "request line" status bytes duration "User-Agent" request id
-    assert re.fullmatch(r'127\.0\.0\.1 - - \[[^]]+\] "GET /login HTTP/1\.1" 200 \d+ \d+ms "python-requests/[^"]+" '
+    # gunicorn's format: address - - [time] "request line" status bytes duration "User-Agent" request id, with the
+    # double quotes inside a field escaped
+    assert re.fullmatch(r'127\.0\.0\.1 - - \[[^]]+\] "GET /login HTTP/1\.1" 200 [1-9]\d* \d+ms "probe \\"q\\" agent" '
                         r'access-1', lines[0]), lines[0]
     assert any(line.endswith(" " + made) for line in log.splitlines() if '"GET /healthz HTTP/1.1" 200' in line)
     assert "c0de" not in log and "next=" not in log and "shop.example" not in log
