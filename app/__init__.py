@@ -20,7 +20,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
     from . import models  # noqa: F401  (every table is known before anything binds)
-    from .extensions import babel, csrf, db, limiter, migrate
+    from .extensions import babel, csrf, db, limiter, migrate, rate_limit_headers
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(config_module.ROOT / "migrations"), render_as_batch=True)
@@ -60,6 +60,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     cli.init_app(app)
     app.after_request(apply_cookie)
     app.after_request(security_headers)
+    app.after_request(rate_limit_headers)
     from . import observability; observability.init_app(app)  # /healthz /readyz /metrics, request ids, JSON logs
     app.jinja_env.globals["csp_nonce"] = csp_nonce
     app.jinja_env.globals["lang_url"] = _lang_url

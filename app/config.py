@@ -181,7 +181,9 @@ def load(overrides: dict | None, instance_path: str) -> dict:
         IDP_RATELIMIT_STORAGE_EXPLICIT=bool(cfg.get("RATELIMIT_STORAGE_URI")),
         RATELIMIT_STORAGE_URI=limits_storage,
         RATELIMIT_STORAGE_OPTIONS=redis_options(cfg) if limits_storage.startswith(("redis://", "rediss://")) else {},
-        RATELIMIT_HEADERS_ENABLED=True,
+        # Off: Flask-Limiter would read the window (GET and TTL, two more Redis round trips) on every limited request
+        # to fill X-RateLimit-* headers; a 429 still says when to retry (extensions.rate_limit_headers).
+        RATELIMIT_HEADERS_ENABLED=False,
         PREFERRED_URL_SCHEME=issuer.scheme,
     )
     return cfg

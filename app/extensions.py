@@ -1,5 +1,7 @@
 """Unbound extension singletons, bound to the app in ``create_app``."""
 
+import time
+
 from flask_babel import Babel
 from flask_limiter import Limiter
 from flask_migrate import Migrate
@@ -28,6 +30,28 @@ migrate = Migrate()
 csrf = CSRFProtect()
 babel = Babel()
 limiter = Limiter(key_func=client_ip, default_limits=[])
+
+
+def rate_limit_headers(response):
+    """A 429 says when to retry (RFC 6585 §4: ``Retry-After``) and which limit it hit (``X-RateLimit-*``).
+
+    Only on a 429: reading the limit's window costs two Redis round trips, and Flask-Limiter's own headers, on every
+    response of a limited endpoint, tripled the Redis work of each token request (one counter increment).
+    """
+    if response.status_code != 429:
+        return response
+    limit = limiter.current_limit
+    if limit is None or not limit.breached:
+        return response  # a 429 of the app's own, not a limit's
+    try:
+        reset_at = int(limit.reset_at)
+    except Exception:  # noqa: BLE001 - the limit's store failed after refusing the request: no reset time to give
+        return response
+    response.headers["Retry-After"] = str(max(1, reset_at - int(time.time())))
+    response.headers["X-RateLimit-Limit"] = str(limit.limit.amount)
+    response.headers["X-RateLimit-Remaining"] = "0"
+    response.headers["X-RateLimit-Reset"] = str(reset_at)
+    return response
 
 
 def without_transaction() -> None:

@@ -14,7 +14,10 @@ alternates the cases round by round and prints medians. Two comparisons, each ca
    code exchange on each, to choose app/gunicorn_conf.py's defaults;
 5. the IdP under gunicorn (app/gunicorn_conf.py's worker) against the IdP under granian (python -m app.serve), the
    same workers × threads, database, Redis and keys: client credentials, code exchange, refresh, introspection
-   and userinfo, to choose between the two servers.
+   and userinfo, to choose between the two servers;
+6. the IdP with its rate limits on (as in production: counters in Redis, a limit too high to be reached) against
+   the IdP with them off (as `make bench` runs it): client credentials and introspection, what the limiter
+   costs per request.
 
 It creates and drops its own database and writes nothing else.
 """
@@ -128,18 +131,47 @@ def compare_servers(args, env: dict, work: Path, target, auth: dict, post: dict)
     R.stop(g_proc)
 
 
+def compare_rate_limits(args, env: dict, work: Path, target, auth: dict, post: dict) -> None:
+    """Comparison 6: the same gunicorn with the rate limiter on (production) and off (the benchmark)."""
+    print(f"6. the IdP with rate limits on (counters in Redis) and off (gunicorn, {args.workers} {args.worker_class} x "
+          f"{args.threads})")
+    bench = argparse.Namespace(workers=args.workers, threads=args.threads, worker_class=args.worker_class)
+    port_on = args.port + 60
+    # A limit no run reaches: every request is counted in Redis, none is refused (a refusal would be an error).
+    on = R.spawn(R.gunicorn_cmd("wsgi:app", port_on, bench), logfile=work / "idp-limits.log", env=dict(
+        env, IDP_RATELIMIT_ENABLED="true", IDP_RATELIMIT_TOKEN="1000000000 per minute"))
+    R.wait_ready(f"http://127.0.0.1:{port_on}/.well-known/openid-configuration", on, "rate limits on")
+    R.IdP(port_on, on, target.client_id, target.secret, target.email, target.password).mint_tokens(4)  # warm
+    access = {"mint": lambda seconds: [x["access_token"] for x in target.mint_tokens(8)]}
+    per_endpoint = {
+        "client credentials": dict(post, path="/token", headers=auth),
+        "introspection": dict(post, path="/introspect", headers=auth, body="token={1}&token_type_hint=access_token",
+                              **access),
+    }
+    meters = {"off": R.CpuMeter([target.proc.pid]), "on": R.CpuMeter([on.pid])}
+    cases = {f"{endpoint}: limits {state}": (args.port if state == "off" else port_on, meters[state], spec)
+             for endpoint, spec in per_endpoint.items() for state in ("off", "on")}
+    found = medians(rounds(cases, args.rounds, args.seconds, work))
+    for endpoint in per_endpoint:
+        off, on_ = found.get(f"{endpoint}: limits off"), found.get(f"{endpoint}: limits on")
+        if off and on_:
+            print(f"{endpoint:20s} rate limits on / off, CPU per request (medians): {on_ / off:.2f}x "
+                  f"(+{on_ - off:.3f} ms)")
+    R.stop(on)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--port", type=int, default=18600)
-    ap.add_argument("--only", type=int, choices=(1, 2, 3, 4, 5), help="run only this comparison")
+    ap.add_argument("--only", type=int, choices=(1, 2, 3, 4, 5, 6), help="run only this comparison")
     ap.add_argument("--workers", type=int, default=R.default_workers(),
                     help=f"the IdP's workers (default {R.default_workers()}: one per core, as make bench)")
     ap.add_argument("--threads", type=int, default=2, help="threads per worker (default 2, as make bench)")
     ap.add_argument("--worker-class", default=R.WORKER_CLASS, help=f"gunicorn worker class (default {R.WORKER_CLASS})")
     args = ap.parse_args()
-    wanted = {args.only} if args.only else {1, 2, 3, 4, 5}
+    wanted = {args.only} if args.only else {1, 2, 3, 4, 5, 6}
     work = Path(tempfile.mkdtemp(prefix="idp-interleave-"))
     dbname = f"idp_interleave_{os.getpid()}"
     import psycopg
@@ -165,7 +197,7 @@ def main() -> int:
         ).stdout.strip().splitlines()[-1])
         bench = argparse.Namespace(workers=args.workers, threads=args.threads, worker_class=args.worker_class)
         auth = {"Authorization": R.basic(created["client_id"], created["client_secret"])}
-        if wanted & {1, 3, 4, 5}:
+        if wanted & {1, 3, 4, 5, 6}:
             idp = R.spawn(R.gunicorn_cmd("wsgi:app", args.port, bench), env=env, logfile=work / "idp.log")
             R.wait_ready(f"http://127.0.0.1:{args.port}/.well-known/openid-configuration", idp, "idp")
         if 1 in wanted:
@@ -178,7 +210,7 @@ def main() -> int:
                             "ceiling": (args.port + 1, R.CpuMeter([ceiling.pid]), dict(post, path="/"))},
                            args.rounds, args.seconds, work))
             R.stop(ceiling)
-        if wanted & {3, 4, 5}:
+        if wanted & {3, 4, 5, 6}:
             email, password = "interleave@example.com", secrets.token_urlsafe(16)
             subprocess.run(flask + ["users", "create", "--email", email, "--password", password, "--name",
                                     "Interleave Customer", "--email-verified"], env=env, cwd=R.ROOT, check=True,
@@ -231,7 +263,9 @@ def main() -> int:
                 R.stop(node)
         if 5 in wanted:
             compare_servers(args, env, work, target, auth, post)
-        if wanted & {1, 3, 4, 5}:
+        if 6 in wanted:
+            compare_rate_limits(args, env, work, target, auth, post)
+        if wanted & {1, 3, 4, 5, 6}:
             R.stop(idp)
 
         if 2 in wanted:

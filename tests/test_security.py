@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -85,12 +86,20 @@ def test_sign_in_and_token_endpoint_are_rate_limited(make_app, customer, rp):
         cid = c.client_id
     client = app.test_client()
     token = csrf_token(client.get("/login").get_data(as_text=True))
-    codes = [client.post("/login", data={"csrf_token": token, "email": customer["email"], "password": "bad-pass-1"}
-                         ).status_code for _ in range(4)]
-    assert codes == [401, 401, 401, 429]
-    statuses = [client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)
-                            ).status_code for _ in range(5)]
+    answers = [client.post("/login", data={"csrf_token": token, "email": customer["email"], "password": "bad-pass-1"})
+               for _ in range(4)]
+    assert [r.status_code for r in answers] == [401, 401, 401, 429]
+    tokens = [client.post("/token", data={"grant_type": "client_credentials"}, auth=(cid, secret)) for _ in range(5)]
+    statuses = [r.status_code for r in tokens]
     assert statuses[-1] == 429 and 429 not in statuses[:4]
+    # A refusal says when to retry and which limit it hit (RFC 6585 §4); an answer that was let through carries
+    # neither, since reading a limit's window costs round trips to its store.
+    for refused, limit in ((answers[-1], "3"), (tokens[-1], "4")):
+        assert 1 <= int(refused.headers["Retry-After"]) <= 61, refused.headers  # the minute's window, rounded up
+        assert refused.headers["X-RateLimit-Limit"] == limit and refused.headers["X-RateLimit-Remaining"] == "0"
+        assert int(refused.headers["X-RateLimit-Reset"]) >= time.time()
+    for allowed in answers[:3] + tokens[:4]:
+        assert "Retry-After" not in allowed.headers and "X-RateLimit-Limit" not in allowed.headers
 
 
 def test_passwords_are_argon2id_with_owasp_parameters(app, customer):
