@@ -37,6 +37,7 @@ import mmap
 import os
 import queue
 import select
+import socket
 import threading
 import time
 
@@ -135,8 +136,8 @@ def _accept_when_busy_after() -> float:
 
 
 class _Closer:
-    """One thread that closes ended connections gracefully, off the worker's event loop (a daemon: a worker that
-    exits does not wait for a client's FIN)."""
+    """One thread that finishes closing ended connections (waits for the client's FIN, then closes), off the worker's
+    event loop, which has sent ours already (a daemon: a worker that exits does not wait for a client)."""
 
     def __init__(self):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -288,8 +289,13 @@ class ThreadWorker(gthread.ThreadWorker):
         self.in_flight -= 1
         if not fs.cancelled() and fs.exception() is None and fs.result() is False:
             # The connection ends here: gthread would close it gracefully on this (the event loop's) thread and
-            # block every other connection of the worker until the client's FIN, for up to 2 s.
+            # block every other connection of the worker until the client's FIN, for up to 2 s. Our FIN goes now;
+            # the wait for the client's, on the closer's thread.
             self.nr_conns -= 1
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
             self._closer.close(conn)
             return
         super().finish_request(conn, fs)
