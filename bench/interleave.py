@@ -24,13 +24,8 @@ It creates and drops its own database and writes nothing else.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import secrets
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,23 +87,12 @@ def medians(out: dict) -> dict:
     return found
 
 
-def compare_servers(args, env: dict, work: Path, target, auth: dict, post: dict) -> None:
-    """Comparison 5: gunicorn and granian serving the same app, alternated endpoint by endpoint."""
-    print(f"5. the IdP under gunicorn ({args.workers} {args.worker_class} x {args.threads}) and under granian "
-          f"({args.workers} workers x {args.threads} blocking threads)")
-    port_g = args.port + 50
-    g_proc = R.spawn([sys.executable, "-m", "app.serve"], logfile=work / "idp-granian.log", env=dict(
-        env, GRANIAN_HOST="127.0.0.1", GRANIAN_PORT=str(port_g), GRANIAN_WORKERS=str(args.workers),
-        GRANIAN_BLOCKING_THREADS=str(args.threads), GRANIAN_BACKLOG="512", GRANIAN_ACCESS_LOG="false",
-        GRANIAN_LOG_LEVEL="warning"), cwd=R.ROOT)
-    R.wait_ready(f"http://127.0.0.1:{port_g}/.well-known/openid-configuration", g_proc, "granian")
-    # Both serve one issuer (the environment's), database, Redis and keys: a code or token minted through
-    # gunicorn is redeemed on granian alike. Warm granian's workers first.
-    R.IdP(port_g, g_proc, target.client_id, target.secret, target.email, target.password).mint_tokens(20)
-    # Access tokens are minted for each measured run: the comparison outlasts their lifetime.
-    access = {"mint": lambda seconds: [x["access_token"] for x in target.mint_tokens(8)]}
+def endpoint_specs(target, auth: dict, post: dict, names: tuple[str, ...]) -> dict:
+    """wrk specs of the IdP's endpoints by name; single-use values (codes, refresh tokens) and access tokens (the
+    comparison outlasts their lifetime) are minted for each measured run."""
     token = dict(post, path="/token", headers=auth)
-    per_endpoint = {
+    access = {"mint": lambda seconds: [x["access_token"] for x in target.mint_tokens(8)]}
+    specs = {
         "client credentials": dict(token),
         "code exchange": dict(token, mint=lambda seconds: target.mint_codes(int(900 * seconds * 1.5) + 100),
                               body="grant_type=authorization_code&code={1}&redirect_uri="
@@ -120,44 +104,48 @@ def compare_servers(args, env: dict, work: Path, target, auth: dict, post: dict)
                               body="token={1}&token_type_hint=access_token"),
         "userinfo": dict(path="/userinfo", headers={"Authorization": "Bearer {1}"}, **access),
     }
-    meters = {"gunicorn": R.CpuMeter([target.proc.pid]), "granian": R.CpuMeter([g_proc.pid])}
-    cases = {f"{endpoint}: {server}": (args.port if server == "gunicorn" else port_g, meters[server], spec)
-             for endpoint, spec in per_endpoint.items() for server in ("gunicorn", "granian")}
+    return {name: specs[name] for name in names}
+
+
+def against_second(args, work: Path, target, second, port: int, labels: tuple[str, str], specs: dict) -> None:
+    """The IdP (``target``, labels[0]) and a second one on the same database, Redis and keys (``second`` on
+    ``port``, labels[1]), alternated endpoint by endpoint; prints the medians and second / first."""
+    R.wait_ready(f"http://127.0.0.1:{port}/.well-known/openid-configuration", second, labels[1])
+    # One issuer (the environment's), database, Redis and keys: what is minted through the first is redeemed on
+    # the second alike. Warm the second's workers first.
+    R.IdP(port, second, target.client_id, target.secret, target.email, target.password).mint_tokens(20)
+    meters = {labels[0]: (args.port, R.CpuMeter([target.proc.pid])), labels[1]: (port, R.CpuMeter([second.pid]))}
+    cases = {f"{endpoint}: {label}": (meters[label][0], meters[label][1], spec)
+             for endpoint, spec in specs.items() for label in labels}
     found = medians(rounds(cases, args.rounds, args.seconds, work))
-    for endpoint in per_endpoint:
-        g, n = found.get(f"{endpoint}: gunicorn"), found.get(f"{endpoint}: granian")
-        if g and n:
-            print(f"{endpoint:20s} granian / gunicorn CPU per request (medians): {n / g:.2f}x")
-    R.stop(g_proc)
+    for endpoint in specs:
+        a, b = found.get(f"{endpoint}: {labels[0]}"), found.get(f"{endpoint}: {labels[1]}")
+        if a and b:
+            print(f"{endpoint:20s} {labels[1]} / {labels[0]}, CPU per request (medians): {b / a:.2f}x "
+                  f"({b - a:+.3f} ms)")
+    R.stop(second)
+
+
+def compare_servers(args, env: dict, work: Path, target, auth: dict, post: dict) -> None:
+    """Comparison 5: gunicorn and granian serving the same app, alternated endpoint by endpoint."""
+    print(f"5. the IdP under gunicorn ({args.workers} {args.worker_class} x {args.threads}) and under granian "
+          f"({args.workers} workers x {args.threads} blocking threads)")
+    port = args.port + 50
+    granian = R.spawn_granian(port, env, args.workers, args.threads, work / "idp-granian.log")
+    against_second(args, work, target, granian, port, ("gunicorn", "granian"), endpoint_specs(
+        target, auth, post, ("client credentials", "code exchange", "refresh", "introspection", "userinfo")))
 
 
 def compare_rate_limits(args, env: dict, work: Path, target, auth: dict, post: dict) -> None:
     """Comparison 6: the same gunicorn with the rate limiter on (production) and off (the benchmark)."""
-    print(f"6. the IdP with rate limits on (counters in Redis) and off (gunicorn, {args.workers} {args.worker_class} x "
-          f"{args.threads})")
-    bench = argparse.Namespace(workers=args.workers, threads=args.threads, worker_class=args.worker_class)
-    port_on = args.port + 60
+    print(f"6. the IdP with rate limits off (as make bench) and on (counters in Redis; gunicorn, {args.workers} "
+          f"{args.worker_class} x {args.threads})")
+    port = args.port + 60
     # A limit no run reaches: every request is counted in Redis, none is refused (a refusal would be an error).
-    on = R.spawn(R.gunicorn_cmd("wsgi:app", port_on, bench), logfile=work / "idp-limits.log", env=dict(
+    limited = R.spawn(R.gunicorn_cmd("wsgi:app", port, args), logfile=work / "idp-limits.log", env=dict(
         env, IDP_RATELIMIT_ENABLED="true", IDP_RATELIMIT_TOKEN="1000000000 per minute"))
-    R.wait_ready(f"http://127.0.0.1:{port_on}/.well-known/openid-configuration", on, "rate limits on")
-    R.IdP(port_on, on, target.client_id, target.secret, target.email, target.password).mint_tokens(4)  # warm
-    access = {"mint": lambda seconds: [x["access_token"] for x in target.mint_tokens(8)]}
-    per_endpoint = {
-        "client credentials": dict(post, path="/token", headers=auth),
-        "introspection": dict(post, path="/introspect", headers=auth, body="token={1}&token_type_hint=access_token",
-                              **access),
-    }
-    meters = {"off": R.CpuMeter([target.proc.pid]), "on": R.CpuMeter([on.pid])}
-    cases = {f"{endpoint}: limits {state}": (args.port if state == "off" else port_on, meters[state], spec)
-             for endpoint, spec in per_endpoint.items() for state in ("off", "on")}
-    found = medians(rounds(cases, args.rounds, args.seconds, work))
-    for endpoint in per_endpoint:
-        off, on_ = found.get(f"{endpoint}: limits off"), found.get(f"{endpoint}: limits on")
-        if off and on_:
-            print(f"{endpoint:20s} rate limits on / off, CPU per request (medians): {on_ / off:.2f}x "
-                  f"(+{on_ - off:.3f} ms)")
-    R.stop(on)
+    against_second(args, work, target, limited, port, ("limits off", "limits on"),
+                   endpoint_specs(target, auth, post, ("client credentials", "introspection")))
 
 
 def main() -> int:
@@ -172,29 +160,8 @@ def main() -> int:
     ap.add_argument("--worker-class", default=R.WORKER_CLASS, help=f"gunicorn worker class (default {R.WORKER_CLASS})")
     args = ap.parse_args()
     wanted = {args.only} if args.only else {1, 2, 3, 4, 5, 6}
-    work = Path(tempfile.mkdtemp(prefix="idp-interleave-"))
-    dbname = f"idp_interleave_{os.getpid()}"
-    import psycopg
-    import redis
-
-    admin = psycopg.connect(R.ADMIN_DB, autocommit=True)
-    admin.execute(f'CREATE DATABASE "{dbname}"')
-    redis.Redis.from_url(f"redis://127.0.0.1:6379/{R.REDIS_DB}").flushdb()
-    env = dict(os.environ, IDP_ISSUER=f"http://localhost:{args.port}", SECRET_KEY=secrets.token_urlsafe(48),
-               DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}",
-               REDIS_URL=f"redis://127.0.0.1:6379/{R.REDIS_DB}", IDP_KEYS_DIR=str(work / "keys"),
-               IDP_RATELIMIT_ENABLED="false", IDP_LOG_LEVEL="WARNING", FLASK_APP="wsgi", IDP_CODE_TTL="600",
-               PYTHONPATH=str(R.ROOT))  # app.gunicorn_worker for the ceiling (run from bench/) too
     post = dict(method="POST", body="grant_type=client_credentials")
-    try:
-        flask = [str(R.BIN / "flask"), "--app", "wsgi"]
-        subprocess.run(flask + ["db", "upgrade"], env=env, cwd=R.ROOT, check=True, capture_output=True)
-        created = json.loads(subprocess.run(
-            flask + ["clients", "create", "--name", "Interleave", "--redirect-uri", R.REDIRECT,
-                     "--grant-type", "authorization_code", "--grant-type", "refresh_token",
-                     "--grant-type", "client_credentials", "--scope", "openid profile email offline_access",
-                     "--require-pkce", "--json"], env=env, cwd=R.ROOT, check=True, capture_output=True, text=True
-        ).stdout.strip().splitlines()[-1])
+    with R.scratch(args.port, "interleave") as (work, env, created):
         bench = argparse.Namespace(workers=args.workers, threads=args.threads, worker_class=args.worker_class)
         auth = {"Authorization": R.basic(created["client_id"], created["client_secret"])}
         if wanted & {1, 3, 4, 5, 6}:
@@ -211,33 +178,16 @@ def main() -> int:
                            args.rounds, args.seconds, work))
             R.stop(ceiling)
         if wanted & {3, 4, 5, 6}:
-            email, password = "interleave@example.com", secrets.token_urlsafe(16)
-            subprocess.run(flask + ["users", "create", "--email", email, "--password", password, "--name",
-                                    "Interleave Customer", "--email-verified"], env=env, cwd=R.ROOT, check=True,
-                           capture_output=True)
+            email = "interleave@example.com"
+            password = R.add_customer(env, email)
             target = R.IdP(args.port, idp, created["client_id"], created["client_secret"], email, password)
             target.mint_tokens(20)  # signs in and consents once; warms every worker
         if 3 in wanted:
-            rate = {"code": 900.0, "refresh": 900.0}  # req/s to mint for: above what this host reached (≈ 600)
-
-            def mint(kind: str):
-                def values(seconds: int) -> list[str]:
-                    n = int(rate[kind] * seconds * 1.5) + 100
-                    if kind == "code":
-                        return target.mint_codes(n)
-                    return [x["refresh_token"] for x in target.mint_tokens(n)]
-                return values
-
             meter = R.CpuMeter([idp.pid])
-            token = dict(post, path="/token", headers=auth)
-            exchange = dict(token, body="grant_type=authorization_code&code={1}&redirect_uri="
-                                        f"{R.quote(R.REDIRECT, safe='')}&code_verifier={target.verifier}")
-            refresh = dict(token, body="grant_type=refresh_token&refresh_token={1}")
             print("3. the IdP's code exchange and refresh against its client-credentials token "
                   f"(gunicorn, {args.workers} {args.worker_class} x {args.threads})")
-            found = medians(rounds({"client credentials": (args.port, meter, dict(token)),
-                                    "code exchange": (args.port, meter, dict(exchange, mint=mint("code"))),
-                                    "refresh": (args.port, meter, dict(refresh, mint=mint("refresh")))},
+            specs = endpoint_specs(target, auth, post, ("client credentials", "code exchange", "refresh"))
+            found = medians(rounds({name: (args.port, meter, spec) for name, spec in specs.items()},
                                    args.rounds, args.seconds, work))
             for name in ("code exchange", "refresh"):
                 if name in found and "client credentials" in found:
@@ -252,12 +202,8 @@ def main() -> int:
                 R.wait_ready(f"http://127.0.0.1:{port}/.well-known/openid-configuration", node, name)
                 nodes.append(node)
                 meter = R.CpuMeter([node.pid])
-                token = dict(post, path="/token", headers=auth)
-                cases[f"{name}: client credentials"] = (port, meter, token)
-                cases[f"{name}: code exchange"] = (port, meter, dict(
-                    token, mint=lambda seconds: target.mint_codes(int(900 * seconds * 1.5) + 100),
-                    body="grant_type=authorization_code&code={1}&redirect_uri="
-                         f"{R.quote(R.REDIRECT, safe='')}&code_verifier={target.verifier}"))
+                for endpoint, spec in endpoint_specs(target, auth, post, ("client credentials", "code exchange")).items():
+                    cases[f"{name}: {endpoint}"] = (port, meter, spec)
             medians(rounds(cases, args.rounds, args.seconds, work))
             for node in nodes:
                 R.stop(node)
@@ -279,9 +225,6 @@ def main() -> int:
                 R.wait_ready(f"http://127.0.0.1:{port}/", p, name)
                 cases[name] = (port, R.CpuMeter([p.pid]), dict(post, path="/"))
             medians(rounds(cases, args.rounds, args.seconds, work))
-    finally:
-        R.stop_all()
-        admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     return 0
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -108,6 +109,55 @@ def descendants(pid: int) -> list[int]:
         except FileNotFoundError:
             pass
     return out
+
+
+@contextlib.contextmanager
+def scratch(port: int, name: str):
+    """An IdP's surroundings for a measurement script, as `make bench` sets them up: a fresh PostgreSQL database
+    (dropped at the end), a flushed Redis database, the migrations, signing keys in a temporary folder and one
+    confidential client (code, refresh and client-credentials grants). Yields (work folder, environment, client as
+    `flask clients create --json` prints it); every process spawned meanwhile is stopped at the end."""
+    work = Path(tempfile.mkdtemp(prefix=f"idp-{name}-"))
+    dbname = f"idp_{name}_{os.getpid()}"
+    admin = psycopg.connect(ADMIN_DB, autocommit=True)
+    admin.execute(f'CREATE DATABASE "{dbname}"')
+    redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}").flushdb()
+    env = dict(os.environ, IDP_ISSUER=f"http://localhost:{port}", SECRET_KEY=secrets.token_urlsafe(48),
+               DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}",
+               REDIS_URL=f"redis://127.0.0.1:6379/{REDIS_DB}", IDP_KEYS_DIR=str(work / "keys"),
+               IDP_RATELIMIT_ENABLED="false", IDP_LOG_LEVEL="WARNING", FLASK_APP="wsgi", IDP_CODE_TTL="600",
+               PYTHONPATH=str(ROOT))  # app.gunicorn_worker for the ceiling (run from bench/) too
+    try:
+        flask = [str(BIN / "flask"), "--app", "wsgi"]
+        subprocess.run(flask + ["db", "upgrade"], env=env, cwd=ROOT, check=True, capture_output=True)
+        created = json.loads(subprocess.run(
+            flask + ["clients", "create", "--name", name.title(), "--redirect-uri", REDIRECT,
+                     "--grant-type", "authorization_code", "--grant-type", "refresh_token",
+                     "--grant-type", "client_credentials", "--scope", "openid profile email offline_access",
+                     "--require-pkce", "--json"], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.strip().splitlines()[-1])
+        yield work, env, created
+    finally:
+        stop_all()
+        admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def spawn_granian(port: int, env: dict, workers: int, threads: int, logfile: Path) -> subprocess.Popen:
+    """The IdP under granian (`python -m app.serve`) with the given workers × blocking threads, access log off (as
+    gunicorn runs here without one), on 127.0.0.1:port."""
+    return spawn([sys.executable, "-m", "app.serve"], logfile=logfile, cwd=ROOT, env=dict(
+        env, GRANIAN_HOST="127.0.0.1", GRANIAN_PORT=str(port), GRANIAN_WORKERS=str(workers),
+        GRANIAN_BLOCKING_THREADS=str(threads), GRANIAN_BACKLOG="512", GRANIAN_ACCESS_LOG="false",
+        GRANIAN_LOG_LEVEL="warning"))
+
+
+def add_customer(env: dict, email: str) -> str:
+    """A verified customer with a random password (returned), through the CLI."""
+    password = secrets.token_urlsafe(16)
+    subprocess.run([str(BIN / "flask"), "--app", "wsgi", "users", "create", "--email", email, "--password", password,
+                    "--name", "Bench Customer", "--email-verified"], env=env, cwd=ROOT, check=True,
+                   capture_output=True)
+    return password
 
 
 def cpu_ticks(pid: int) -> int:
@@ -676,10 +726,7 @@ def main() -> int:
             # The same app, database, Redis and keys served by granian (python -m app.serve, the other production
             # server) with the same number of workers and threads, while gunicorn idles.
             log("starting granian (python -m app.serve) on the same database, Redis and keys")
-            g_proc = spawn([sys.executable, "-m", "app.serve"], logfile=work / "idp-granian.log", env=dict(
-                env, GRANIAN_HOST="127.0.0.1", GRANIAN_PORT=str(port_g), GRANIAN_WORKERS=str(args.workers),
-                GRANIAN_BLOCKING_THREADS=str(args.threads), GRANIAN_BACKLOG="512", GRANIAN_ACCESS_LOG="false",
-                GRANIAN_LOG_LEVEL="warning"))
+            g_proc = spawn_granian(port_g, env, args.workers, args.threads, work / "idp-granian.log")
             wait_ready(f"http://127.0.0.1:{port_g}/.well-known/openid-configuration", g_proc, "granian (idp)")
             meters["idp-granian"] = CpuMeter([g_proc.pid])
             idp_g = IdP(port_g, g_proc, created["client_id"], created["client_secret"], email, password)

@@ -13,39 +13,14 @@ client-credentials tokens (refresh tokens minted before each run). It creates an
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import secrets
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as R  # noqa: E402 - bench/run.py's helpers (spawn, wrk, CpuMeter, gunicorn_cmd)
-
-
-def held(pid: int, port: int) -> int:
-    """Established TCP connections to ``port`` whose server side process ``pid`` holds."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for line in f:
-                fields = line.split()  # sl, local address, remote address, state, …, inode (10th)
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01" and fields[9] in inodes:
-                    count += 1
-    return count
+import run as R  # noqa: E402 - bench/run.py's helpers (spawn, wrk, CpuMeter, gunicorn_cmd); puts ROOT on sys.path
+from tests.support.procnet import established as held  # noqa: E402
 
 
 def main() -> int:
@@ -56,32 +31,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--port", type=int, default=18700)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="idp-spread-"))
-    dbname = f"idp_spread_{os.getpid()}"
-    import psycopg
-    import redis
-
-    admin = psycopg.connect(R.ADMIN_DB, autocommit=True)
-    admin.execute(f'CREATE DATABASE "{dbname}"')
-    redis.Redis.from_url(f"redis://127.0.0.1:6379/{R.REDIS_DB}").flushdb()
-    env = dict(os.environ, IDP_ISSUER=f"http://localhost:{args.port}", SECRET_KEY=secrets.token_urlsafe(48),
-               DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}",
-               REDIS_URL=f"redis://127.0.0.1:6379/{R.REDIS_DB}", IDP_KEYS_DIR=str(work / "keys"),
-               IDP_RATELIMIT_ENABLED="false", IDP_LOG_LEVEL="WARNING", FLASK_APP="wsgi", IDP_CODE_TTL="600",
-               PYTHONPATH=str(R.ROOT))
-    try:
-        flask = [str(R.BIN / "flask"), "--app", "wsgi"]
-        subprocess.run(flask + ["db", "upgrade"], env=env, cwd=R.ROOT, check=True, capture_output=True)
-        created = json.loads(subprocess.run(
-            flask + ["clients", "create", "--name", "Spread", "--redirect-uri", R.REDIRECT,
-                     "--grant-type", "authorization_code", "--grant-type", "refresh_token",
-                     "--grant-type", "client_credentials", "--scope", "openid profile email offline_access",
-                     "--require-pkce", "--json"], env=env, cwd=R.ROOT, check=True, capture_output=True, text=True
-        ).stdout.strip().splitlines()[-1])
+    with R.scratch(args.port, "spread") as (work, env, created):
         if args.server == "granian":
-            idp = R.spawn([sys.executable, "-m", "app.serve"], logfile=work / "idp.log", cwd=R.ROOT, env=dict(
-                env, GRANIAN_HOST="127.0.0.1", GRANIAN_PORT=str(args.port), GRANIAN_WORKERS="2",
-                GRANIAN_BLOCKING_THREADS="2", GRANIAN_ACCESS_LOG="false", GRANIAN_LOG_LEVEL="warning"))
+            idp = R.spawn_granian(args.port, env, 2, 2, work / "idp.log")
             setting = "granian, 2 workers x 2 blocking threads"
         else:
             idp = R.spawn(R.gunicorn_cmd("wsgi:app", args.port, argparse.Namespace(
@@ -94,9 +46,8 @@ def main() -> int:
                     headers={"Authorization": R.basic(created["client_id"], created["client_secret"])})
         target = None
         if args.endpoint == "refresh":
-            email, password = "spread@example.com", secrets.token_urlsafe(16)
-            subprocess.run(flask + ["users", "create", "--email", email, "--password", password, "--name", "Spread",
-                                    "--email-verified"], env=env, cwd=R.ROOT, check=True, capture_output=True)
+            email = "spread@example.com"
+            password = R.add_customer(env, email)
             target = R.IdP(args.port, idp, created["client_id"], created["client_secret"], email, password)
             target.mint_tokens(20)
             spec["body"] = "grant_type=refresh_token&refresh_token={1}"
@@ -130,9 +81,6 @@ def main() -> int:
                   f"({paced['rps'] / peak['rps']:.0%} of peak), p50 {paced['p50_ms']:.1f} ms, p99 {paced['p99_ms']:.1f} ms, "
                   f"errors {sum(paced['errors'].values())}; connections per worker seen {sorted(set(seen))}; "
                   f"cores per worker {cores}", flush=True)
-    finally:
-        R.stop_all()
-        admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     return 0
 
 

@@ -18,6 +18,7 @@ import time
 import pytest
 import requests
 
+from tests.support.procnet import established as _accepted
 from tests.support.server import LiveServer
 
 SERVERS = [pytest.param(dict(gunicorn_config="python:app.gunicorn_conf"), id="gunicorn"),
@@ -114,27 +115,6 @@ def test_a_worker_that_dies_is_replaced(kind):
                               auth=(app["client_id"], app["client_secret"]), timeout=20)
             assert r.status_code == 200, r.text
         assert server.running()
-
-
-def _accepted(pid: int, port: int) -> int:
-    """Established TCP connections to ``port`` whose server side process ``pid`` holds."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for line in f:
-                fields = line.split()  # sl, local address, remote address, state, …, inode (10th)
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01" and fields[9] in inodes:
-                    count += 1
-    return count
 
 
 def test_one_worker_per_core_at_least_two_and_the_cap_wins(tmp_path):
