@@ -46,13 +46,6 @@ def configure(json_lines: bool) -> logging.Logger:
     return logger
 
 
-def _clean(value: str) -> str:
-    """Masked, one line: a CR or LF (percent-decoded into the path) must not start a line of its own."""
-    from .observability import mask  # not at import: app/gunicorn_conf.py reads FORMAT in gunicorn's master
-
-    return mask(value).replace("\r", "\\r").replace("\n", "\\n")
-
-
 class _Logged:
     """The response body, passed through; counts the bytes and writes the line once, when the server closes it."""
 
@@ -77,7 +70,13 @@ class AccessLog:
     """WSGI middleware: one access line per request, written when the response is closed (fully sent)."""
 
     def __init__(self, wsgi_app, logger: logging.Logger):
-        self.wsgi_app, self.logger = wsgi_app, logger
+        from .observability import mask  # not at import: app/gunicorn_conf.py reads FORMAT in gunicorn's master
+
+        self.wsgi_app, self.logger, self._mask = wsgi_app, logger, mask
+
+    def _clean(self, value: str) -> str:
+        """Masked, one line: a CR or LF (percent-decoded into the path) must not start a line of its own."""
+        return self._mask(value).replace("\r", "\\r").replace("\n", "\\n")
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -100,12 +99,12 @@ class AccessLog:
             "h": environ.get("REMOTE_ADDR") or "-",
             "t": time.strftime("[%d/%b/%Y:%H:%M:%S %z]"),
             "m": environ.get("REQUEST_METHOD", "-"),
-            "U": _clean(environ.get("PATH_INFO", "")),
+            "U": self._clean(environ.get("PATH_INFO", "")),
             "H": environ.get("SERVER_PROTOCOL", "-"),
             "s": str(seen.get("status", "-")).split(" ", 1)[0],
             "B": sent,  # the body's bytes, as gunicorn counts them
             "M": int((time.perf_counter() - started) * 1000),
-            "a": _clean(environ.get("HTTP_USER_AGENT", "-")),
+            "a": self._clean(environ.get("HTTP_USER_AGENT", "-")),
             "{x-request-id}o": headers.get("x-request-id", "-"),
         }
         # As gunicorn's SafeAtoms: a double quote in a value is escaped, so the quoted fields stay parseable

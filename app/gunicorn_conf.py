@@ -17,7 +17,8 @@ What is set and why:
   1 706 req/s), code exchange 2.40 against 3.04 ms (643 against 555 req/s). Each worker is also a full copy
   of the app (≈ 130–150 MiB RSS) with its own database pool.
 * **worker_class** ``app.gunicorn_worker.ThreadWorker`` (``GUNICORN_WORKER_CLASS``), gunicorn's ``gthread``
-  that accepts a new connection only while one of its threads is free, with **threads** (``GUNICORN_THREADS``,
+  that accepts a new connection only while one of its threads is free and keeps kept-alive connections spread
+  over the workers, with **threads** (``GUNICORN_THREADS``,
   default 2): requests spend much of their time waiting on PostgreSQL, Redis and argon2 (which releases the
   GIL); two threads per worker keep a core busy while one of them waits, and keep-alive connections do not
   pin a whole process. Plain ``gthread`` lets one worker take every connection that arrives at once (a load

@@ -174,7 +174,6 @@ class ThreadWorker(gthread.ThreadWorker):
         self._slot = self._board.reserve() if self._board is not None else None
         super().__init__(*args, **kwargs)
         self.in_flight = 0  # connections handed to the thread pool and not finished (main thread only)
-        self._closed_since = 0.0
         self._look_again_at = 0.0  # while not accepting: when the main loop should look again
         self._busy_wait = _accept_when_busy_after()
         self._others: list[int] = []
@@ -245,10 +244,11 @@ class ThreadWorker(gthread.ThreadWorker):
     def _eligible(self) -> bool:
         return not self._busy() and not self._crowded()
 
-    def _close_for_now(self) -> None:
-        self._closed_since = time.monotonic()
-        self._look_again_at = self._closed_since + (self._busy_wait if self._busy() else CROWDED_LOOK_EVERY)
-        super().set_accept_enabled(False)
+    def _close_unless_eligible(self) -> None:
+        """Leave the listener to the other workers while busy or crowded, and say when to look again."""
+        if self._accepting and not self._eligible():
+            self._look_again_at = time.monotonic() + (self._busy_wait if self._busy() else CROWDED_LOOK_EVERY)
+            super().set_accept_enabled(False)
 
     def _may_accept(self) -> bool:
         if self._eligible():
@@ -274,16 +274,14 @@ class ThreadWorker(gthread.ThreadWorker):
 
     def accept(self, listener):
         super().accept(listener)  # may have lost the race for the connection to another worker: nothing accepted
-        if self._accepting and not self._eligible():
-            self._close_for_now()
+        self._close_unless_eligible()
 
     def enqueue_req(self, conn):
         # Every way a request reaches the pool (a new connection, a kept-alive or pending one, read-ahead) counts;
         # once every thread is taken, the listener is left to the other workers.
         super().enqueue_req(conn)
         self.in_flight += 1  # after the submit: finish_request runs on this thread, later
-        if self._accepting and not self._eligible():
-            self._close_for_now()
+        self._close_unless_eligible()
 
     def finish_request(self, conn, fs):
         self.in_flight -= 1
