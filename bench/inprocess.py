@@ -5,7 +5,8 @@ production settings of run.py, next to the one-JWS ceiling app. It isolates the 
 from gunicorn's and wrk's, so a change to app/ shows up here even on a noisy machine. Prints ms of
 process CPU time per request (the minimum of three rounds, split into user and system time) for: discovery, client-credentials token,
 authorization-code exchange (codes minted ahead in the store), refresh (rotation), introspection,
-userinfo, and the ceiling.
+userinfo, password sign-in (POST /login with a session cookie and its CSRF token, as run.py sends) and
+the ceiling.
 
 `--only=NAME[,NAME…]` measures only those cases; `--rounds=K` sets the number of rounds (default 3);
 `--codes=M` mints M codes ahead (code exchange and refresh use N per round each).
@@ -61,7 +62,8 @@ try:
 
         client, secret = create_client("Bench", [REDIRECT], scope="openid profile email offline_access",
                                        grant_types=["authorization_code", "refresh_token", "client_credentials"])
-        user = create_user("bench@example.com", secrets.token_urlsafe(16), "Bench", email_verified=True)
+        password = secrets.token_urlsafe(16)
+        user = create_user("bench@example.com", password, "Bench", email_verified=True)
         service.grant(user, client, ["profile", "email", "offline_access"])
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
@@ -75,21 +77,38 @@ try:
     gc.freeze()  # as wsgi.py does after start-up
     auth = {"Authorization": "Basic " + base64.b64encode(f"{cid}:{secret}".encode()).decode()}
 
-    def caller(wsgi, method, path, body=b"", headers=None):
+    def caller(wsgi, method, path, body=b"", headers=None, ok="200"):
         env0 = EnvironBuilder(method=method, path=path, headers=headers or {},
                               content_type="application/x-www-form-urlencoded" if method == "POST" else None).get_environ()
         env0["REMOTE_ADDR"] = "127.0.0.1"
 
         def call(data=body):
-            env = dict(env0, CONTENT_LENGTH=str(len(data)))
+            env = dict(env0)
+            if isinstance(data, tuple):  # (Cookie header, body): a request of its own browser session
+                env["HTTP_COOKIE"], data = data
+            env["CONTENT_LENGTH"] = str(len(data))
             env["wsgi.input"] = io.BytesIO(data)
             status = []
             out = wsgi(env, lambda s, h, exc=None: status.append(s))
             payload = b"".join(out)
             getattr(out, "close", lambda: None)()
-            assert status[0].startswith("200"), (path, status[0], payload[:200])
+            assert status[0].startswith(ok), (path, status[0], payload[:200])
             return payload
         return call
+
+    def sign_in_bodies(n):
+        """n POST /login bodies, each with the cookie and CSRF token of a browser that opened the page (as run.py)."""
+        from run import CSRF
+        from html import unescape
+        out = []
+        for _ in range(n):
+            browser = app.test_client()
+            page = browser.get("/login").get_data(as_text=True)
+            m = CSRF.search(page)
+            cookie = "; ".join(f"{c.key}={c.value}" for c in browser._cookies.values())
+            out.append((cookie, urlencode({"email": "bench@example.com", "password": password,
+                                           "csrf_token": unescape(m.group(1) or m.group(2))}).encode()))
+        return out
 
     import json
 
@@ -112,6 +131,7 @@ try:
         "introspection": (caller(app, "POST", "/introspect", headers=auth),
                           lambda n: [urlencode({"token": access}).encode()] * n),
         "userinfo": (caller(app, "GET", "/userinfo", headers={"Authorization": "Bearer " + access}), None),
+        "password_sign_in": (caller(app, "POST", "/login", ok="303"), sign_in_bodies),
     }
     if not ONLY or "ceiling" in ONLY:  # imported only when measured: it generates a key (random instruction count)
         import ceiling
