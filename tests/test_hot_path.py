@@ -7,6 +7,8 @@ import time
 from contextlib import contextmanager
 
 import sqlalchemy as sa
+from joserfc import jwt
+from joserfc.jwk import KeySet
 
 from app.extensions import db
 from tests.support.browser import Customer, callback_params, pkce_pair
@@ -214,6 +216,41 @@ def test_a_client_credentials_token_touches_no_database_session(app):
                           auth=(cid, secret))
         assert bad.status_code == 400 and bad.get_json()["error"] == "invalid_scope"
     assert sent == [] and made == [], (sent, len(made))
+
+
+def test_a_password_sign_in_reads_the_customer_and_writes_the_session_without_a_transaction(app, customer, rp):
+    """A sign-in reads the customer once and inserts the session row, each in autocommit: no BEGIN, COMMIT or
+    ROLLBACK around them, and no second read of the customer or the session after the commit (the redirect
+    needs the customer's sub and the session's auth_time, which the request has just written)."""
+    from app.accounts.models import LoginSession
+
+    client = app.test_client()
+    who = Customer(client, customer["email"], customer["password"])
+    verifier, challenge = pkce_pair()
+    page = who.follow(who.authorize(response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"],
+                                    scope="openid", code_challenge=challenge, code_challenge_method="S256"),
+                      login=False)
+    assert b'action="/login' in page.data
+    with app.app_context():
+        engine = db.engine
+    with _statements(engine) as sent:
+        signed_in = who.submit_login(page)
+    assert signed_in.status_code == 303 and "idp_session=" in signed_in.headers.get("Set-Cookie", "")
+    seen = [(statement.split()[0].upper(), conn.get_execution_options().get("isolation_level"), statement)
+            for conn, statement in sent if "ephemeral_items" not in statement]
+    assert [(what, mode) for what, mode, _ in seen] == [("SELECT", "AUTOCOMMIT"), ("INSERT", "AUTOCOMMIT")], seen
+    assert "FROM users" in seen[0][2] and "INTO login_sessions" in seen[1][2]
+    # Durable at once, and the journey goes on with it: the ID token's auth_time is the session's.
+    with engine.connect() as other:
+        auth_time = other.execute(sa.select(LoginSession.__table__.c.auth_time).where(
+            LoginSession.__table__.c.user_id == customer["id"])).scalar_one()
+    code = callback_params(who.follow(signed_in))["code"]
+    tokens = client.post("/token", data={"grant_type": "authorization_code", "code": code,
+                                         "redirect_uri": rp["redirect_uri"], "code_verifier": verifier},
+                         auth=(rp["client_id"], rp["client_secret"])).get_json()
+    keys = KeySet.import_key_set(client.get("/jwks.json").get_json())
+    claims = jwt.decode(tokens["id_token"], keys).claims
+    assert claims["sub"] == customer["sub"] and claims["auth_time"] == auth_time
 
 
 def test_userinfo_and_introspection_read_without_a_transaction(app, customer, rp):

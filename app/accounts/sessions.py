@@ -13,7 +13,7 @@ from flask import current_app, g, request
 
 from .. import observability
 from ..crypto import keyed_hash, random_token
-from ..extensions import db
+from ..extensions import commit_keeping_loaded, db
 from .models import LoginSession, User
 
 COOKIE = "idp_session"
@@ -51,7 +51,7 @@ def start(user: User, amr: list[str], acr: str | None) -> LoginSession:
         # Strictly later auth_time after prompt=login / max_age (OIDC conformance).
         existing.auth_time = max(now, existing.auth_time + 1)
         existing.amr, existing.acr, existing.last_seen_at = amr, acr, now
-        db.session.commit()
+        commit_keeping_loaded()
         return existing
     if existing is not None:
         end(existing)
@@ -70,7 +70,7 @@ def start(user: User, amr: list[str], acr: str | None) -> LoginSession:
         user_agent=(request.user_agent.string or "")[:512],
     )
     db.session.add(row)
-    db.session.commit()
+    commit_keeping_loaded()
     g.login_session = row
     g.set_session_cookie = secret
     return row

@@ -12,10 +12,10 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 from flask_babel import gettext as _
 
 from .. import interactions, mail, observability
-from ..extensions import db, limiter
+from ..extensions import limiter, without_transaction
 from ..http import allow_form_action
 from ..oauth2.authorize import resume_url
-from ..oauth2.models import Client
+from ..oauth2 import clients
 from . import email_flows, service, sessions
 from .forms import ChoiceForm, ConfirmLinkForm, ForgotPasswordForm, LoginForm, RegisterForm, ResetPasswordForm
 
@@ -30,9 +30,7 @@ def _context():
     interaction = interactions.load(iid) if iid else None
     client = None
     if interaction is not None:
-        client = db.session.execute(
-            db.select(Client).filter_by(client_id=interaction["client_id"])
-        ).scalar_one_or_none()
+        client = clients.lookup(interaction["client_id"])  # its name and logo, for the page
         redirect_uri = interaction["params"].get("redirect_uri")
         if redirect_uri:
             allow_form_action(redirect_uri)
@@ -65,6 +63,8 @@ def _register_limit():
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(_signin_limit, methods=["POST"])
 def login():
+    if request.method == "POST":
+        without_transaction()  # a read of the customer and one new row (the session): each commits alone
     interaction, client = _context()
     form = LoginForm()
     error = None
