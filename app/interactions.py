@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 
-from flask import current_app, session
+from flask import current_app, g, session
 
 from .crypto import random_token, same
 from .store import store
@@ -39,10 +39,16 @@ def start(params: dict, client_id: str) -> str:
 
 
 def load(iid: str | None) -> dict | None:
-    """The interaction, if it exists and belongs to this browser."""
+    """The interaction, if it exists and belongs to this browser.
+
+    Read once per request: the page, the language chooser and the view all ask for it. Every caller gets the same
+    dict, so what ``update`` changes is what the next caller sees."""
     if not iid or not _ID.fullmatch(iid):
         return None
-    data = store().get(PREFIX + iid)
+    read = g.setdefault("interactions_read", {})
+    if iid not in read:
+        read[iid] = store().get(PREFIX + iid)
+    data = read[iid]
     if not data or not same(data.get("bid", ""), session.get("bid", "")):
         return None
     data["id"] = iid
@@ -58,3 +64,4 @@ def update(data: dict, **changes) -> None:
 
 def finish(data: dict) -> None:
     store().delete(PREFIX + data["id"])
+    g.setdefault("interactions_read", {})[data["id"]] = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from joserfc import jwt
@@ -251,6 +252,47 @@ def test_a_password_sign_in_reads_the_customer_and_writes_the_session_without_a_
     keys = KeySet.import_key_set(client.get("/jwks.json").get_json())
     claims = jwt.decode(tokens["id_token"], keys).claims
     assert claims["sub"] == customer["sub"] and claims["auth_time"] == auth_time
+
+
+def test_a_signed_in_customer_s_authorization_reads_session_and_consent_without_a_transaction(app, customer, rp):
+    """Single sign-on for an app the customer already allowed: the request reads the session and the consent, each
+    in autocommit, and the app from the client cache. Nothing else: the code goes to the short-lived store."""
+    client = app.test_client()
+    _tokens(client, customer, rp)  # signed in, consent given, the client cached
+    verifier, challenge = pkce_pair()
+    with app.app_context():
+        engine = db.engine
+    with _statements(engine) as sent:
+        resp = client.get("/authorize?" + urlencode(dict(
+            response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"],
+            scope="openid offline_access", code_challenge=challenge, code_challenge_method="S256")))
+    code = callback_params(resp)["code"]
+    seen = [(statement.split()[0].upper(), conn.get_execution_options().get("isolation_level"), statement)
+            for conn, statement in sent if "ephemeral_items" not in statement]
+    assert [(what, mode) for what, mode, _ in seen] == [("SELECT", "AUTOCOMMIT")] * 2, seen
+    assert "FROM login_sessions" in seen[0][2] and "FROM consent_grants" in seen[1][2]
+    assert _redeem(client, rp, code, verifier).status_code == 200
+
+
+def test_a_page_of_a_pending_sign_in_reads_its_interaction_once(app, rp, monkeypatch):
+    """The sign-in page, its language and its form all need the pending request: one read of the short-lived
+    store per request, not one per caller."""
+    from app.store import store
+
+    client = app.test_client()
+    _, challenge = pkce_pair()
+    parked = client.get("/authorize?" + urlencode(dict(
+        response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"], scope="openid",
+        code_challenge=challenge, code_challenge_method="S256", ui_locales="tr")))
+    assert parked.status_code == 303 and "/login?interaction=" in parked.headers["Location"]
+    with app.app_context():
+        kind = type(store())
+    reads = []
+    real_get = kind.get
+    monkeypatch.setattr(kind, "get", lambda self, key: reads.append(key) or real_get(self, key))
+    page = client.get(parked.headers["Location"])
+    assert page.status_code == 200 and '<html lang="tr">' in page.get_data(as_text=True)  # the interaction's ui_locales
+    assert len([key for key in reads if "interaction:" in key]) == 1, reads
 
 
 def test_userinfo_and_introspection_read_without_a_transaction(app, customer, rp):

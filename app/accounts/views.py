@@ -63,8 +63,7 @@ def _register_limit():
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(_signin_limit, methods=["POST"])
 def login():
-    if request.method == "POST":
-        without_transaction()  # a read of the customer and one new row (the session): each commits alone
+    without_transaction()  # reads, and at most one new row (the session): each statement commits alone
     interaction, client = _context()
     form = LoginForm()
     error = None

@@ -9,10 +9,10 @@ from .. import interactions
 from ..accounts import sessions
 from ..accounts.forms import ChoiceForm
 from ..errors import error_page
-from ..extensions import db
+from ..extensions import without_transaction
 from ..http import allow_form_action
 from ..oauth2.authorize import resume_url
-from ..oauth2.models import Client
+from ..oauth2 import clients
 from ..oidc import claims as oidc_claims
 from . import purposes, service
 
@@ -42,12 +42,14 @@ def _describe(item: str) -> str:
 
 @bp.route("/consent", methods=["GET", "POST"])
 def show():
+    if request.method == "GET":
+        without_transaction()  # the page only reads; a decision writes its ledger entry and grants together
     interaction = interactions.load(request.values.get("interaction"))
     session = sessions.current()
-    if interaction is None or session is None:
+    client = clients.lookup(interaction["client_id"]) if interaction else None  # cached, as on the token endpoint
+    if interaction is None or session is None or client is None:  # no client: deleted since the sign-in began
         return error_page(_("This sign-in request has expired"),
                           _("Go back to the app and start signing in again."), 400)
-    client = db.session.execute(db.select(Client).filter_by(client_id=interaction["client_id"])).scalar_one()
     allow_form_action(interaction["params"].get("redirect_uri", ""))
     items = requested_items(interaction, client)
     asked_purposes = [purposes.get(i) for i in items if purposes.get(i)]

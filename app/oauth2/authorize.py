@@ -25,9 +25,10 @@ from ..accounts import sessions
 from ..consent import policy, purposes
 from ..consent import service as consent_service
 from ..errors import clean_description, error_page
+from ..extensions import without_transaction
 from ..http import allow_form_action, csp_nonce
 from ..oidc import claims as oidc_claims
-from . import codes, tokens
+from . import clients, codes, tokens
 from .models import Client, valid_client_id
 
 PROMPTS = {"none", "login", "consent", "select_account"}
@@ -76,6 +77,8 @@ def handle(params: MultiDict, interaction: dict | None = None):
         client, redirect_uri = trusted_target(params)
     except Reject as r:
         return error_page(_("This sign-in link is not valid"), r.message, 400)
+    if not client.trusted:  # a first-party app's use is recorded as consent: rows that commit together
+        without_transaction()  # the decision only reads (session, consent); the code goes to the short-lived store
     mode = params.get("response_mode") if params.get("response_mode") in RESPONSE_MODES else "query"
     try:
         req = validate(params, client, redirect_uri, mode)
@@ -88,12 +91,10 @@ def handle(params: MultiDict, interaction: dict | None = None):
 
 
 def trusted_target(params: MultiDict) -> tuple[Client, str]:
-    from ..extensions import db
-
     ids = params.getlist("client_id")
     if len(ids) != 1 or not valid_client_id(ids[0]):
         raise Reject(_("The app did not identify itself correctly."))
-    client = db.session.execute(db.select(Client).filter_by(client_id=ids[0])).scalar_one_or_none()
+    client = clients.lookup(ids[0])  # cached for IDP_CLIENT_CACHE_TTL, as on the token endpoint
     if client is None:
         raise Reject(_("The app that sent you here is not known to us."))
     uris = params.getlist("redirect_uri")
