@@ -84,6 +84,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IDP_SESSION_TTL", "IDP_SESSION_TTL", 14 * 86400, _int, "Single sign-on session lifetime, seconds."),
     Setting("IDP_INTERACTION_TTL", "IDP_INTERACTION_TTL", 1800, _int,
             "How long a pending sign-in or consent step stays valid, seconds."),
+    Setting("IDP_CLIENT_CACHE_TTL", "IDP_CLIENT_CACHE_TTL", 30, _int,
+            "How long each process keeps an app's registration for the token endpoint and the sign-in pages, "
+            "seconds: a change or deletion made with `flask clients` reaches every node within it (0: read each "
+            "time). The authorization and consent steps always read it fresh."),
     Setting("IDP_ACCESS_TOKEN_ALG", "IDP_ACCESS_TOKEN_ALG", "RS256", _str,
             "Signing algorithm of JWT access tokens (RS256 or ES256)."),
     Setting("IDP_RATELIMIT_SIGNIN", "IDP_RATELIMIT_SIGNIN", "10 per minute", _str,

@@ -71,13 +71,14 @@ def commit_keeping_loaded() -> None:
 
 
 def without_transaction() -> None:
-    """Run the rest of this request's statements in autocommit mode, if none ran yet.
+    """Run this request's statements in autocommit mode until its first commit, if none ran yet.
 
     For a request that only reads (userinfo, introspection) or whose only write is one row (a code exchange),
     a transaction adds nothing but two round trips to PostgreSQL: psycopg sends BEGIN before the first
     statement, and COMMIT or ROLLBACK (when the connection goes back to the pool) after the last. Each
     statement is then its own transaction. Where a statement already ran, the request keeps its transaction.
-    The connection gets its usual isolation level back when it returns to the pool.
+    A commit gives the connection back to the pool, with its usual isolation level: what follows a commit runs in
+    a transaction again (a first-party app's consent record after the autocommit reads of an authorization).
     """
     session = db.session()  # this request's Session (the scoped_session proxy lacks in_transaction)
     if not session.in_transaction():

@@ -133,6 +133,32 @@ def test_a_deleted_client_stops_working_within_the_cache_bound(make_app):
     assert resp.status_code == 401 and resp.get_json()["error"] == "invalid_client"
 
 
+def test_a_return_address_removed_or_a_first_party_app_demoted_applies_to_the_next_authorization(app, customer, rp):
+    """The token endpoint may use a cached copy of the app for IDP_CLIENT_CACHE_TTL; the authorization step reads it
+    fresh, so a removed return address is refused, and a demoted first-party app asks for consent, at once."""
+    from app.oauth2.models import Client
+
+    def change(**values):
+        with app.app_context():
+            row = db.session.execute(db.select(Client).filter_by(client_id=rp["client_id"])).scalar_one()
+            for name, value in values.items():
+                setattr(row, name, value)
+            db.session.commit()
+            return row.meta
+
+    meta = change(trusted=True)
+    client = app.test_client()
+    _tokens(client, customer, rp)  # signed in, the first-party app in this process's cache
+    change(trusted=False, meta={**meta, "redirect_uris": ["https://shop.example/cb2?bar=foo"]})
+    _, challenge = pkce_pair()
+    params = dict(response_type="code", client_id=rp["client_id"], scope="openid email",
+                  code_challenge=challenge, code_challenge_method="S256")
+    refused = client.get("/authorize?" + urlencode(dict(params, redirect_uri=rp["redirect_uri"])))
+    assert refused.status_code == 400 and "Location" not in refused.headers
+    asked = client.get("/authorize?" + urlencode(dict(params, redirect_uri="https://shop.example/cb2?bar=foo")))
+    assert asked.status_code == 303 and "/consent?interaction=" in asked.headers["Location"]
+
+
 def test_a_code_exchange_writes_its_row_while_reading_the_customer_without_a_transaction(app, customer, rp):
     """Reading the customer and inserting the token row are the exchange's only SQL (the code itself is in the
     short-lived store): one data-modifying statement on PostgreSQL, an INSERT then a SELECT on SQLite. With one
@@ -254,11 +280,12 @@ def test_a_password_sign_in_reads_the_customer_and_writes_the_session_without_a_
     assert claims["sub"] == customer["sub"] and claims["auth_time"] == auth_time
 
 
-def test_a_signed_in_customer_s_authorization_reads_session_and_consent_without_a_transaction(app, customer, rp):
-    """Single sign-on for an app the customer already allowed: the request reads the session and the consent, each
-    in autocommit, and the app from the client cache. Nothing else: the code goes to the short-lived store."""
+def test_a_signed_in_customer_s_authorization_reads_app_session_and_consent_without_a_transaction(app, customer, rp):
+    """Single sign-on for an app the customer already allowed: three reads (the app, fresh; the session; the
+    consent), each in autocommit, so no BEGIN before them and no ROLLBACK after. Nothing else: the code goes to
+    the short-lived store."""
     client = app.test_client()
-    _tokens(client, customer, rp)  # signed in, consent given, the client cached
+    _tokens(client, customer, rp)  # signed in, consent given
     verifier, challenge = pkce_pair()
     with app.app_context():
         engine = db.engine
@@ -269,9 +296,42 @@ def test_a_signed_in_customer_s_authorization_reads_session_and_consent_without_
     code = callback_params(resp)["code"]
     seen = [(statement.split()[0].upper(), conn.get_execution_options().get("isolation_level"), statement)
             for conn, statement in sent if "ephemeral_items" not in statement]
-    assert [(what, mode) for what, mode, _ in seen] == [("SELECT", "AUTOCOMMIT")] * 2, seen
-    assert "FROM login_sessions" in seen[0][2] and "FROM consent_grants" in seen[1][2]
+    assert [(what, mode) for what, mode, _ in seen] == [("SELECT", "AUTOCOMMIT")] * 3, seen
+    assert [next(t for t in ("FROM clients", "FROM login_sessions", "FROM consent_grants") if t in statement)
+            for _, _, statement in seen] == ["FROM clients", "FROM login_sessions", "FROM consent_grants"]
     assert _redeem(client, rp, code, verifier).status_code == 200
+
+
+def test_a_first_party_app_s_consent_record_is_written_in_one_transaction(app, customer):
+    """A first-party app skips the consent page, but its use is recorded: the ledger entry and the grants are
+    written together in a transaction, after the authorization's reads in autocommit."""
+    from app.cli import create_client
+    from app.consent.models import ConsentEvent, ConsentGrant
+
+    with app.app_context():
+        own, secret = create_client("Own App", ["https://own.example/cb"], trusted=True)
+        own_id, engine = own.client_id, db.engine
+    client = app.test_client()
+    who = Customer(client, customer["email"], customer["password"])
+    verifier, challenge = pkce_pair()
+    page = who.follow(who.authorize(response_type="code", client_id=own_id, redirect_uri="https://own.example/cb",
+                                    scope="openid email", code_challenge=challenge, code_challenge_method="S256"),
+                      login=False)
+    with _statements(engine) as sent:
+        done = who.follow(who.submit_login(page), consent=None)  # no consent page for a first-party app
+    code = callback_params(done)["code"]
+    writes = [(conn.get_execution_options().get("isolation_level"), statement.split()[2])
+              for conn, statement in sent if statement.split()[0].upper() == "INSERT"
+              and "ephemeral_items" not in statement]
+    assert (None, "consent_events") in writes and (None, "consent_grants") in writes, writes
+    with engine.connect() as other:
+        grants = other.execute(sa.select(ConsentGrant.__table__.c.item).where(
+            ConsentGrant.__table__.c.client_id == own_id)).scalars().all()
+        channels = other.execute(sa.select(ConsentEvent.__table__.c.channel).where(
+            ConsentEvent.__table__.c.client_id == own_id)).scalars().all()
+    assert grants == ["email"] and channels == ["first_party"]
+    assert _redeem(client, {"client_id": own_id, "client_secret": secret, "redirect_uri": "https://own.example/cb"},
+                   code, verifier).status_code == 200
 
 
 def test_a_page_of_a_pending_sign_in_reads_its_interaction_once(app, rp, monkeypatch):

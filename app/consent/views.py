@@ -9,10 +9,10 @@ from .. import interactions
 from ..accounts import sessions
 from ..accounts.forms import ChoiceForm
 from ..errors import error_page
-from ..extensions import without_transaction
+from ..extensions import db, without_transaction
 from ..http import allow_form_action
 from ..oauth2.authorize import resume_url
-from ..oauth2 import clients
+from ..oauth2.models import Client
 from ..oidc import claims as oidc_claims
 from . import purposes, service
 
@@ -46,7 +46,8 @@ def show():
         without_transaction()  # the page only reads; a decision writes its ledger entry and grants together
     interaction = interactions.load(request.values.get("interaction"))
     session = sessions.current()
-    client = clients.lookup(interaction["client_id"]) if interaction else None  # cached, as on the token endpoint
+    client = db.session.execute(db.select(Client).filter_by(client_id=interaction["client_id"])).scalar_one_or_none() \
+        if interaction else None  # read fresh: the decision writes grants for it
     if interaction is None or session is None or client is None:  # no client: deleted since the sign-in began
         return error_page(_("This sign-in request has expired"),
                           _("Go back to the app and start signing in again."), 400)

@@ -25,10 +25,10 @@ from ..accounts import sessions
 from ..consent import policy, purposes
 from ..consent import service as consent_service
 from ..errors import clean_description, error_page
-from ..extensions import without_transaction
+from ..extensions import db, without_transaction
 from ..http import allow_form_action, csp_nonce
 from ..oidc import claims as oidc_claims
-from . import clients, codes, tokens
+from . import codes, tokens
 from .models import Client, valid_client_id
 
 PROMPTS = {"none", "login", "consent", "select_account"}
@@ -73,12 +73,13 @@ class AuthRequest:
 
 def handle(params: MultiDict, interaction: dict | None = None):
     """Answer one authorization request (a fresh one, or one resumed from an interaction)."""
+    # The decision only reads (app, session, consent), each read its own round trip; the code and the interaction
+    # go to the short-lived store. A first-party app's consent record gets a transaction of its own (``issue``).
+    without_transaction()
     try:
         client, redirect_uri = trusted_target(params)
     except Reject as r:
         return error_page(_("This sign-in link is not valid"), r.message, 400)
-    if not client.trusted:  # a first-party app's use is recorded as consent: rows that commit together
-        without_transaction()  # the decision only reads (session, consent); the code goes to the short-lived store
     mode = params.get("response_mode") if params.get("response_mode") in RESPONSE_MODES else "query"
     try:
         req = validate(params, client, redirect_uri, mode)
@@ -94,7 +95,9 @@ def trusted_target(params: MultiDict) -> tuple[Client, str]:
     ids = params.getlist("client_id")
     if len(ids) != 1 or not valid_client_id(ids[0]):
         raise Reject(_("The app did not identify itself correctly."))
-    client = clients.lookup(ids[0])  # cached for IDP_CLIENT_CACHE_TTL, as on the token endpoint
+    # Read fresh, not from the client cache: a return address removed, or an app no longer first-party, applies
+    # to the next sign-in.
+    client = db.session.execute(db.select(Client).filter_by(client_id=ids[0])).scalar_one_or_none()
     if client is None:
         raise Reject(_("The app that sent you here is not known to us."))
     uris = params.getlist("redirect_uri")
@@ -259,7 +262,9 @@ def _park(req: AuthRequest, interaction: dict | None, endpoint: str):
 
 def issue(req: AuthRequest, session, items: list[str], interaction: dict | None):
     if req.client.trusted:
-        # First-party apps skip the page, but their use is still recorded (and listed in the account centre).
+        # First-party apps skip the page, but their use is still recorded (and listed in the account centre). The
+        # commit ends the autocommit reads (``without_transaction``): the ledger entry and grants commit together.
+        db.session.commit()
         consent_service.grant(session.user, req.client, items, channel="first_party")
     code = codes.issue(
         client_id=req.client.client_id, user_id=session.user_id, redirect_uri=req.redirect_uri,

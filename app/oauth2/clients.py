@@ -2,7 +2,7 @@
 
 Every token request needs its client; reading it from the database each time
 was a third of the token endpoint's time. The cache holds detached, read-only
-copies for ``CLIENT_CACHE_TTL`` seconds, so a change made with
+copies for ``IDP_CLIENT_CACHE_TTL`` seconds, so a change made with
 ``flask clients …`` (or a deletion) reaches every process within that bound.
 """
 
@@ -16,7 +16,6 @@ from flask import current_app
 from ..extensions import db
 from .models import Client, valid_client_id
 
-CLIENT_CACHE_TTL = 30
 _COLUMNS = ("id", "client_id", "client_secret_hash", "token_endpoint_auth_method", "client_name", "trusted", "meta",
             "created_at")
 
@@ -39,7 +38,7 @@ def lookup(client_id: str | None) -> Client | None:
         return hit[1]
     row = db.session.execute(db.select(Client).filter_by(client_id=client_id)).scalar_one_or_none()
     copy = Client(**{c: getattr(row, c) for c in _COLUMNS}) if row is not None else None
-    ttl = current_app.config.get("IDP_CLIENT_CACHE_TTL", CLIENT_CACHE_TTL)
+    ttl = current_app.config["IDP_CLIENT_CACHE_TTL"]
     with lock:
         entries[client_id] = (now + ttl, copy)
     return copy
