@@ -10,6 +10,7 @@ the ceiling.
 
 `--only=NAME[,NAME…]` measures only those cases; `--rounds=K` sets the number of rounds (default 3);
 `--codes=M` mints M codes ahead (code exchange and refresh use N per round each).
+`--argon2=off` replaces the password check by a constant, to see a sign-in's cost apart from argon2id.
 `--profile=NAME` (e.g. `--profile=code_exchange`) instead runs that one case N times under cProfile and
 prints the functions that cost the most CPU, by own time and by cumulative time; `--profile-out=FILE`
 also saves the profile for `pstats` (to see who calls what).
@@ -53,6 +54,9 @@ try:
     from app import create_app
 
     app = create_app()
+    if OPTS.get("argon2") == "off":
+        from app.accounts import passwords
+        passwords.verify = lambda password_hash, password: password_hash is not None
     with app.app_context():
         upgrade()
         from app.accounts.service import create_user
