@@ -56,10 +56,13 @@ def load(iid: str | None) -> dict | None:
 
 
 def update(data: dict, **changes) -> None:
+    """Record a step's outcome, unless the interaction ended meanwhile (finished in another tab, or expired): a
+    finished request must not come back, or a second resume would answer it twice."""
     data.update(changes)
     record = {k: v for k, v in data.items() if k != "id"}
     ttl = max(1, int(record["created_at"] + current_app.config["IDP_INTERACTION_TTL"] - time.time()))
-    store().put(PREFIX + data["id"], record, ttl)
+    if not store().replace(PREFIX + data["id"], record, ttl):
+        g.setdefault("interactions_read", {})[data["id"]] = None
 
 
 def finish(data: dict) -> None:

@@ -79,3 +79,38 @@ def test_an_access_token_is_not_accepted_as_id_token_hint(client, customer, rp):
     logout = client.get("/logout", query_string={"id_token_hint": tok["access_token"],
                                                  "post_logout_redirect_uri": "https://shop.example/bye"})
     assert logout.status_code == 400 and "Location" not in logout.headers
+
+
+def test_a_sign_in_does_not_bring_back_a_request_finished_meanwhile_in_another_tab(app, client, customer, rp,
+                                                                                    monkeypatch):
+    """Two tabs of one browser on one pending request: while this tab's password is being checked, the other
+    finishes the request (its code is issued, the interaction ends). This sign-in must not write the interaction
+    back, or a second resume would answer the same request again."""
+    from app import interactions
+    from app.accounts import service
+    from tests.support.browser import csrf_token
+
+    who = Customer(client, customer["email"], customer["password"])
+    _, challenge = pkce_pair()
+    page = who.follow(who.authorize(response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"],
+                                    scope="openid", code_challenge=challenge, code_challenge_method="S256"),
+                      login=False)
+    html = page.get_data(as_text=True)
+    iid = html.split('name="interaction" type="hidden" value="', 1)[1].split('"', 1)[0]
+    check = service.authenticate
+
+    def finished_meanwhile(email, password):
+        user = check(email, password)
+        interactions.finish({"id": iid})  # what the other tab's resume did, during the password check
+        return user
+    monkeypatch.setattr(service, "authenticate", finished_meanwhile)
+    signed_in = client.post(f"/login?interaction={iid}", data={
+        "csrf_token": csrf_token(html), "email": customer["email"], "password": customer["password"],
+        "interaction": iid})
+    assert signed_in.status_code == 303 and "/authorize/resume" in signed_in.headers["Location"]
+    again = client.get(signed_in.headers["Location"].replace("http://localhost", ""))
+    assert again.status_code == 400 and "Location" not in again.headers
+    with app.app_context():
+        from app.store import store
+
+        assert store().get(interactions.PREFIX + iid) is None

@@ -106,6 +106,19 @@ def test_put_overwrites_and_resets_consumption(store):
     assert store.consume("k") == ({"v": 2}, True)
 
 
+def test_replace_only_a_live_value_and_reset_its_consumption(store):
+    assert store.replace("absent", {"v": 1}, ttl=60) is False
+    assert store.get("absent") is None
+    store.put("k", {"v": 1}, ttl=60)
+    assert store.consume("k") == ({"v": 1}, True)
+    assert store.replace("k", {"v": 2}, ttl=60) is True
+    assert store.get("k") == {"v": 2}
+    assert store.consume("k") == ({"v": 2}, True)
+    store.delete("k")
+    assert store.replace("k", {"v": 3}, ttl=60) is False
+    assert store.get("k") is None
+
+
 def test_consume_first_use_once_then_replay_still_sees_value(store):
     store.put("code:2", NESTED, ttl=60)
     assert store.consume("code:2") == (NESTED, True)
@@ -200,7 +213,10 @@ def test_expiry(store):
     assert store.consume("kept-late", keep=30) == ({"v": 1}, False)  # only the first use extends
     assert store.add("added", {"v": 1}, ttl=1) is True
     assert [store.incr("counter", ttl=1) for _ in range(2)] == [1, 2]
+    store.put("replaced", {"v": 1}, ttl=1)
     time.sleep(1.3)
+    assert store.replace("replaced", {"v": 2}, ttl=60) is False
+    assert store.get("replaced") is None
     assert store.get("put") is None
     assert store.consume("put") == (None, False)
     assert store.consume("consumed") == (None, False)

@@ -13,6 +13,8 @@ live here. Two backends pass one contract suite (tests/test_store_contract.py):
   ``where`` (field → value), a value whose top-level fields differ is returned
   but not marked used (an authorization code presented by another client);
 * ``add`` sets a key only if it is absent or expired (replay caches);
+* ``replace`` sets a key only if it is present and unexpired, like ``put`` otherwise (a pending step that
+  another request may have finished meanwhile must not come back);
 * ``incr`` counts within a window that starts with the first increment;
 * each operation commits on its own: it never joins the caller's database transaction.
 """
@@ -30,6 +32,7 @@ class Store(Protocol):
     def consume(self, key: str, keep: int | None = None,
                 where: dict[str, str] | None = None) -> tuple[dict | None, bool]: ...
     def add(self, key: str, value: dict, ttl: int) -> bool: ...
+    def replace(self, key: str, value: dict, ttl: int) -> bool: ...
     def delete(self, key: str) -> None: ...
     def incr(self, key: str, ttl: int) -> int: ...
 

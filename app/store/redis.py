@@ -47,6 +47,15 @@ end
 return 0
 """
 
+# KEYS: value, marker; ARGV: json, ttl. As put, but only over a live value.
+_REPLACE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'XX') then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
+
 # KEYS: counter; ARGV: ttl. The TTL is set only when the window starts (no TTL yet).
 _INCR = """
 local n = redis.call('INCR', KEYS[1])
@@ -63,6 +72,7 @@ class RedisStore:
         self.prefix = prefix
         self._consume = client.register_script(_CONSUME)
         self._add = client.register_script(_ADD)
+        self._replace = client.register_script(_REPLACE)
         self._incr = client.register_script(_INCR)
 
     def _keys(self, key: str) -> tuple[str, str]:
@@ -92,6 +102,9 @@ class RedisStore:
 
     def add(self, key: str, value: dict, ttl: int) -> bool:
         return self._add(keys=list(self._keys(key)), args=[json.dumps(value), ttl]) == 1
+
+    def replace(self, key: str, value: dict, ttl: int) -> bool:
+        return self._replace(keys=list(self._keys(key)), args=[json.dumps(value), ttl]) == 1
 
     def incr(self, key: str, ttl: int) -> int:
         return int(self._incr(keys=[self._keys(key)[0]], args=[ttl]))

@@ -101,6 +101,13 @@ class SqlStore:
         self._maybe_purge()
         return added
 
+    def replace(self, key: str, value: dict, ttl: int) -> bool:
+        t, now = self._table, time.time()
+        stmt = (sa.update(t).where(t.c.key == key, t.c.expires_at > now)
+                .values(value=value, counter=0, expires_at=now + ttl, consumed_at=None))
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
     def incr(self, key: str, ttl: int) -> int:
         t, now = self._table, time.time()
         expired = t.c.expires_at <= now
