@@ -88,15 +88,11 @@ def test_a_sign_in_does_not_bring_back_a_request_finished_meanwhile_in_another_t
     back, or a second resume would answer the same request again."""
     from app import interactions
     from app.accounts import service
-    from tests.support.browser import csrf_token
+    from tests.support.browser import csrf_token, interaction_id
 
-    who = Customer(client, customer["email"], customer["password"])
-    _, challenge = pkce_pair()
-    page = who.follow(who.authorize(response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"],
-                                    scope="openid", code_challenge=challenge, code_challenge_method="S256"),
-                      login=False)
+    page, _ = Customer(client, customer["email"], customer["password"]).start(rp, login=False)
     html = page.get_data(as_text=True)
-    iid = html.split('name="interaction" type="hidden" value="', 1)[1].split('"', 1)[0]
+    iid = interaction_id(html)
     check = service.authenticate
 
     def finished_meanwhile(email, password):

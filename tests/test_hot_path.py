@@ -253,10 +253,7 @@ def test_a_password_sign_in_reads_the_customer_and_writes_the_session_without_a_
 
     client = app.test_client()
     who = Customer(client, customer["email"], customer["password"])
-    verifier, challenge = pkce_pair()
-    page = who.follow(who.authorize(response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"],
-                                    scope="openid", code_challenge=challenge, code_challenge_method="S256"),
-                      login=False)
+    page, verifier = who.start(rp, login=False)
     assert b'action="/login' in page.data
     with app.app_context():
         engine = db.engine
@@ -311,12 +308,10 @@ def test_a_first_party_app_s_consent_record_is_written_in_one_transaction(app, c
     with app.app_context():
         own, secret = create_client("Own App", ["https://own.example/cb"], trusted=True)
         own_id, engine = own.client_id, db.engine
+    own = {"client_id": own_id, "client_secret": secret, "redirect_uri": "https://own.example/cb"}
     client = app.test_client()
     who = Customer(client, customer["email"], customer["password"])
-    verifier, challenge = pkce_pair()
-    page = who.follow(who.authorize(response_type="code", client_id=own_id, redirect_uri="https://own.example/cb",
-                                    scope="openid email", code_challenge=challenge, code_challenge_method="S256"),
-                      login=False)
+    page, verifier = who.start(own, "openid email", login=False)
     with _statements(engine) as sent:
         done = who.follow(who.submit_login(page), consent=None)  # no consent page for a first-party app
     code = callback_params(done)["code"]
@@ -330,8 +325,7 @@ def test_a_first_party_app_s_consent_record_is_written_in_one_transaction(app, c
         channels = other.execute(sa.select(ConsentEvent.__table__.c.channel).where(
             ConsentEvent.__table__.c.client_id == own_id)).scalars().all()
     assert grants == ["email"] and channels == ["first_party"]
-    assert _redeem(client, {"client_id": own_id, "client_secret": secret, "redirect_uri": "https://own.example/cb"},
-                   code, verifier).status_code == 200
+    assert _redeem(client, own, code, verifier).status_code == 200
 
 
 def test_a_page_of_a_pending_sign_in_reads_its_interaction_once(app, rp, monkeypatch):

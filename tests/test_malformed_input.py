@@ -247,16 +247,12 @@ def test_unknown_paths_and_methods(client):
 def test_an_app_deleted_while_its_customer_is_on_the_consent_page_gets_a_friendly_page(app, client, customer, rp):
     """The sign-in began, then the app was deleted (`flask clients delete`): the consent page, shown or answered,
     says the request expired, not a 500, and nothing is granted to an app that no longer exists."""
-    from tests.support.browser import Customer, csrf_token, pkce_pair
+    from tests.support.browser import Customer, csrf_token, interaction_id
 
-    who = Customer(client, customer["email"], customer["password"])
-    _, challenge = pkce_pair()
-    page = who.follow(who.authorize(response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"],
-                                    scope="openid email", code_challenge=challenge, code_challenge_method="S256"),
-                      consent=None)
+    page, _ = Customer(client, customer["email"], customer["password"]).start(rp, "openid email", consent=None)
     assert b'name="decision"' in page.data
     html = page.get_data(as_text=True)
-    iid = html.split('name="interaction" type="hidden" value="', 1)[1].split('"', 1)[0]
+    iid = interaction_id(html)
     assert app.test_cli_runner().invoke(args=["clients", "delete", rp["client_id"]]).exit_code == 0
     shown = client.get(f"/consent?interaction={iid}")
     answered = client.post("/consent", data={"csrf_token": csrf_token(html), "decision": "allow", "interaction": iid})

@@ -38,18 +38,10 @@ end
 return {value, 0}
 """
 
-# KEYS: value, marker; ARGV: json, ttl. A fresh value must not inherit a stale marker.
-_ADD = """
-if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: value, marker; ARGV: json, ttl. As put, but only over a live value.
-_REPLACE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'XX') then
+# KEYS: value, marker; ARGV: json, ttl, NX (add: only if absent) or XX (replace: only if present). A fresh
+# value must not inherit a stale marker.
+_SET_IF = """
+if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], ARGV[3]) then
   redis.call('DEL', KEYS[2])
   return 1
 end
@@ -71,8 +63,7 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
         self._consume = client.register_script(_CONSUME)
-        self._add = client.register_script(_ADD)
-        self._replace = client.register_script(_REPLACE)
+        self._set_if = client.register_script(_SET_IF)
         self._incr = client.register_script(_INCR)
 
     def _keys(self, key: str) -> tuple[str, str]:
@@ -101,10 +92,10 @@ class RedisStore:
         return json.loads(result[0]), result[1] == 1
 
     def add(self, key: str, value: dict, ttl: int) -> bool:
-        return self._add(keys=list(self._keys(key)), args=[json.dumps(value), ttl]) == 1
+        return self._set_if(keys=list(self._keys(key)), args=[json.dumps(value), ttl, "NX"]) == 1
 
     def replace(self, key: str, value: dict, ttl: int) -> bool:
-        return self._replace(keys=list(self._keys(key)), args=[json.dumps(value), ttl]) == 1
+        return self._set_if(keys=list(self._keys(key)), args=[json.dumps(value), ttl, "XX"]) == 1
 
     def incr(self, key: str, ttl: int) -> int:
         return int(self._incr(keys=[self._keys(key)[0]], args=[ttl]))

@@ -38,6 +38,14 @@ class Customer:
     def authorize(self, **params):
         return self.client.get("/authorize?" + urlencode(params))
 
+    def start(self, rp: dict, scope: str = "openid", **follow):
+        """Begin a code flow with PKCE for ``rp`` and follow it (``follow``: ``follow``'s options, such as
+        ``login=False`` to stop at the sign-in page); returns the last response and the code verifier."""
+        verifier, challenge = pkce_pair()
+        resp = self.authorize(response_type="code", client_id=rp["client_id"], redirect_uri=rp["redirect_uri"],
+                              scope=scope, code_challenge=challenge, code_challenge_method="S256")
+        return self.follow(resp, **follow), verifier
+
     def follow(self, resp, *, consent: str | None = "allow", login: bool = True, max_hops: int = 10):
         """Follow the journey until it leaves for the app; returns the final response (302 to app or form_post)."""
         for _ in range(max_hops):
@@ -74,6 +82,13 @@ class Customer:
             purposes = re.findall(r'name="purpose" value="([^"]+)" checked(?! disabled)>', html)
         return self.client.post(action, data={"csrf_token": csrf_token(html), "decision": decision,
                                               "interaction": unescape(iid.group(1)), "purpose": purposes})
+
+
+def interaction_id(html: str) -> str:
+    """The pending request a sign-in or consent page carries."""
+    m = re.search(r'name="interaction" type="hidden" value="([^"]*)"', html)
+    assert m, "page has no interaction"
+    return unescape(m.group(1))
 
 
 def callback_params(resp) -> dict:
