@@ -46,8 +46,10 @@ def show():
         without_transaction()  # the page only reads; a decision writes its ledger entry and grants together
     interaction = interactions.load(request.values.get("interaction"))
     session = sessions.current()
-    client = db.session.execute(db.select(Client).filter_by(client_id=interaction["client_id"])).scalar_one_or_none() \
-        if interaction else None  # read fresh: the decision writes grants for it
+    client = None
+    if interaction is not None:  # read fresh, not from the client cache: the decision writes grants for it
+        client = db.session.execute(
+            db.select(Client).filter_by(client_id=interaction["client_id"])).scalar_one_or_none()
     if interaction is None or session is None or client is None:  # no client: deleted since the sign-in began
         return error_page(_("This sign-in request has expired"),
                           _("Go back to the app and start signing in again."), 400)
