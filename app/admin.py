@@ -25,7 +25,8 @@ from .bearer import BearerError, require
 from .consent import service
 from .consent.purposes import ADMIN_SCOPE
 from .extensions import csrf, db
-from .oauth2.models import Client, valid_client_id
+from .oauth2 import clients
+from .oauth2.models import valid_client_id
 from .errors import json_error
 from .portal.api import app_json, event_json, json_routing_errors, no_store, not_found, plausible, withdrawn
 
@@ -36,7 +37,7 @@ REALM = "admin"
 
 def _operator(claims, row) -> None:
     """The token's app must still exist and still be registered for ``admin`` (its scope may have been narrowed)."""
-    client = db.session.execute(db.select(Client).filter_by(client_id=row.client_id)).scalar_one_or_none()
+    client = clients.read(row.client_id)
     if client is None:
         raise BearerError(401, "invalid_token", "The access token is no longer valid")
     if ADMIN_SCOPE not in client.scope.split():

@@ -38,6 +38,11 @@ def start(params: dict, client_id: str) -> str:
     return iid
 
 
+def _read_here() -> dict:
+    """The interactions this request has read from the store (id → value, None once gone)."""
+    return g.setdefault("interactions_read", {})
+
+
 def load(iid: str | None) -> dict | None:
     """The interaction, if it exists and belongs to this browser.
 
@@ -45,7 +50,7 @@ def load(iid: str | None) -> dict | None:
     dict, so what ``update`` changes is what the next caller sees."""
     if not iid or not _ID.fullmatch(iid):
         return None
-    read = g.setdefault("interactions_read", {})
+    read = _read_here()
     if iid not in read:
         read[iid] = store().get(PREFIX + iid)
     data = read[iid]
@@ -62,9 +67,9 @@ def update(data: dict, **changes) -> None:
     record = {k: v for k, v in data.items() if k != "id"}
     ttl = max(1, int(record["created_at"] + current_app.config["IDP_INTERACTION_TTL"] - time.time()))
     if not store().replace(PREFIX + data["id"], record, ttl):
-        g.setdefault("interactions_read", {})[data["id"]] = None
+        _read_here()[data["id"]] = None
 
 
 def finish(data: dict) -> None:
     store().delete(PREFIX + data["id"])
-    g.setdefault("interactions_read", {})[data["id"]] = None
+    _read_here()[data["id"]] = None

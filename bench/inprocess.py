@@ -106,10 +106,9 @@ try:
         from html import unescape
         out = []
         for _ in range(n):
-            browser = app.test_client()
-            page = browser.get("/login").get_data(as_text=True)
-            m = CSRF.search(page)
-            cookie = "; ".join(f"{c.key}={c.value}" for c in browser._cookies.values())
+            resp = app.test_client().get("/login")
+            m = CSRF.search(resp.get_data(as_text=True))
+            cookie = "; ".join(c.split(";", 1)[0] for c in resp.headers.getlist("Set-Cookie"))
             out.append((cookie, urlencode({"email": "bench@example.com", "password": password,
                                            "csrf_token": unescape(m.group(1) or m.group(2))}).encode()))
         return out

@@ -9,10 +9,10 @@ from .. import interactions
 from ..accounts import sessions
 from ..accounts.forms import ChoiceForm
 from ..errors import error_page
-from ..extensions import db, without_transaction
+from ..extensions import without_transaction
 from ..http import allow_form_action
 from ..oauth2.authorize import resume_url
-from ..oauth2.models import Client
+from ..oauth2 import clients
 from ..oidc import claims as oidc_claims
 from . import purposes, service
 
@@ -48,8 +48,7 @@ def show():
     session = sessions.current()
     client = None
     if interaction is not None:  # read fresh, not from the client cache: the decision writes grants for it
-        client = db.session.execute(
-            db.select(Client).filter_by(client_id=interaction["client_id"])).scalar_one_or_none()
+        client = clients.read(interaction["client_id"])
     if interaction is None or session is None or client is None:  # no client: deleted since the sign-in began
         return error_page(_("This sign-in request has expired"),
                           _("Go back to the app and start signing in again."), 400)

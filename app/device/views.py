@@ -26,9 +26,9 @@ from ..consent import purposes
 from ..consent import service as consent_service
 from ..crypto import random_token
 from ..errors import json_error
-from ..extensions import csrf, db, limiter
+from ..extensions import csrf, limiter
 from ..http import client_ip
-from ..oauth2.models import Client
+from ..oauth2 import clients
 from ..oauth2.views import _form_endpoint, _server, _token_limit  # the token endpoint's common checks
 from ..oidc import claims as oidc_claims
 from ..store import store
@@ -141,7 +141,7 @@ def confirm():
     if found is None:
         return _invalid_page()
     h, record = found
-    client = db.session.execute(db.select(Client).filter_by(client_id=record["client_id"])).scalar_one_or_none()
+    client = clients.read(record["client_id"])
     if client is None:
         return _invalid_page()
     scopes = record["scope"].split()

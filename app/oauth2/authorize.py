@@ -28,7 +28,7 @@ from ..errors import clean_description, error_page
 from ..extensions import db, without_transaction
 from ..http import allow_form_action, csp_nonce
 from ..oidc import claims as oidc_claims
-from . import codes, tokens
+from . import clients, codes, tokens
 from .models import Client, valid_client_id
 
 PROMPTS = {"none", "login", "consent", "select_account"}
@@ -97,7 +97,7 @@ def trusted_target(params: MultiDict) -> tuple[Client, str]:
         raise Reject(_("The app did not identify itself correctly."))
     # Read fresh, not from the client cache: a return address removed, or an app no longer first-party, applies
     # to the next sign-in.
-    client = db.session.execute(db.select(Client).filter_by(client_id=ids[0])).scalar_one_or_none()
+    client = clients.read(ids[0])
     if client is None:
         raise Reject(_("The app that sent you here is not known to us."))
     uris = params.getlist("redirect_uri")

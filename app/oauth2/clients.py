@@ -27,6 +27,12 @@ def _cache() -> tuple[dict, threading.Lock]:
     return ext["idp_client_cache"]
 
 
+def read(client_id: str | None) -> Client | None:
+    """The app as stored now (not the cache), or None: where a change must apply at once (authorization, consent,
+    administration). A row of the request's Session, unlike ``lookup``'s copies."""
+    return db.session.execute(db.select(Client).filter_by(client_id=client_id)).scalar_one_or_none()
+
+
 def lookup(client_id: str | None) -> Client | None:
     """The client, or None. The object is a transient copy: read it, never change or add it to a session."""
     if not valid_client_id(client_id):
@@ -36,7 +42,7 @@ def lookup(client_id: str | None) -> Client | None:
     hit = entries.get(client_id)
     if hit is not None and hit[0] > now:
         return hit[1]
-    row = db.session.execute(db.select(Client).filter_by(client_id=client_id)).scalar_one_or_none()
+    row = read(client_id)
     copy = Client(**{c: getattr(row, c) for c in _COLUMNS}) if row is not None else None
     ttl = current_app.config["IDP_CLIENT_CACHE_TTL"]
     with lock:

@@ -13,8 +13,8 @@ from flask import redirect, render_template, request, session
 
 from ..accounts import sessions
 from ..errors import error_page
-from ..extensions import db
 from ..oauth2 import tokens
+from ..oauth2 import clients
 from ..oauth2.models import Client, valid_client_id
 from .frontchannel import logout_iframes
 
@@ -29,7 +29,7 @@ def _client_for(claims: dict | None, client_id: str | None) -> Client | None:
         return None
     if not valid_client_id(cid):
         return None
-    return db.session.execute(db.select(Client).filter_by(client_id=cid)).scalar_one_or_none()
+    return clients.read(cid)
 
 
 def end_session():

@@ -22,7 +22,8 @@ from ..consent.models import ConsentEvent
 from ..consent.purposes import API_SCOPES
 from ..errors import json_error
 from ..extensions import csrf, db
-from ..oauth2.models import Client, valid_client_id
+from ..oauth2 import clients
+from ..oauth2.models import valid_client_id
 from ..oidc import claims as oidc_claims
 
 account_api = Blueprint("account_api", __name__, url_prefix="/account/api")
@@ -109,7 +110,7 @@ def _customer(claims, row) -> None:
     ``account`` must still be granted to the token's app: a withdrawal applies at once, not at the next refresh.
     """
     user = row.customer
-    client = db.session.execute(db.select(Client).filter_by(client_id=row.client_id)).scalar_one_or_none()
+    client = clients.read(row.client_id)
     if user is None or client is None:
         raise BearerError(401, "invalid_token", "The access token is no longer valid")
     if ACCOUNT_SCOPE not in policy.still_granted(user, client, [ACCOUNT_SCOPE], row.granted):
