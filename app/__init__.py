@@ -32,6 +32,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     from .consent import purposes
 
     _tune_sqlite(app)
+    _bound_postgresql(app)
     store.init_app(app)
     keys.init_app(app)
     purposes.init_app(app)
@@ -125,6 +126,36 @@ def _tune_sqlite(app) -> None:
             cur.execute("PRAGMA busy_timeout=15000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+
+def _bound_postgresql(app) -> None:
+    """Every PostgreSQL connection gets IDP_DB_STATEMENT_TIMEOUT and IDP_DB_LOCK_TIMEOUT once, when it is opened.
+
+    A query stuck on the server, or a statement queued behind a transaction that holds a lock, then fails the
+    request with a 503 (errors.is_outage: 57014, 55P03) within the bound, instead of holding its thread until
+    gunicorn kills the worker. Set with SET on each new connection and committed (a rolled-back SET is undone),
+    not as a startup ``options`` parameter, which PgBouncer refuses. Behind a pooler in transaction mode a
+    connection's session settings do not follow its transactions: set them on the database role there
+    (docs/production.md).
+    """
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        return
+    settings = {name: int(round(float(app.config[key]) * 1000)) for name, key in (
+        ("statement_timeout", "IDP_DB_STATEMENT_TIMEOUT"), ("lock_timeout", "IDP_DB_LOCK_TIMEOUT"))}
+    if not any(settings.values()):
+        return  # the server's (or the role's) own settings apply
+    from sqlalchemy import event
+
+    from .extensions import db
+
+    statement = "; ".join(f"SET {name} = {ms}" for name, ms in settings.items() if ms)  # integers, never input
+
+    with app.app_context():
+        @event.listens_for(db.engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            with dbapi_conn.cursor() as cur:
+                cur.execute(statement)
+            dbapi_conn.commit()
 
 
 def _lang_url(code: str) -> str:

@@ -105,6 +105,12 @@ def run_migrations_online():
         )
 
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # A migration may rewrite a large table or wait for the app's transactions to let go of one: the
+                # app's per-statement bounds (IDP_DB_STATEMENT_TIMEOUT, IDP_DB_LOCK_TIMEOUT) are lifted for this
+                # transaction only (SET LOCAL ends with it).
+                connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+                connection.exec_driver_sql("SET LOCAL lock_timeout = 0")
             context.run_migrations()
 
 
