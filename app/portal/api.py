@@ -90,8 +90,10 @@ def json_routing_errors(prefix: str):
 
     def hook():
         exc = request.routing_exception
+        if exc is None:
+            return None  # routed: every request that reaches a view passes here, so this is checked first
         inside = request.path == prefix or request.path.startswith(prefix + "/")
-        if exc is None or not inside or getattr(exc, "code", None) not in (404, 405):
+        if not inside or getattr(exc, "code", None) not in (404, 405):
             return None
         if exc.code == 405:
             resp = json_error("invalid_request", f"{request.method} is not allowed here", 405)
