@@ -1,10 +1,13 @@
-"""WSGI servers compared on the one-JWS ceiling: `.venv/bin/python bench/servers.py [--rounds=2] [--seconds=8]`.
+"""WSGI servers compared on the one-JWS ceiling: `.venv/bin/python bench/servers.py [--rounds=2] [--seconds=8] [--idp]`.
 
 What each server costs per request apart from the app: bench/ceiling.py (one form parse, one RS256 signature,
 one JSON response) behind each server with two workers, driven by wrk (16 keep-alive connections), CPU per
 request read from /proc as bench/run.py does, the servers alternated round by round. Then one probe per server
 of what matters behind a load balancer that keeps connections open: with one worker, is a request on a second
 connection served while a first kept-alive connection sits idle?
+
+``--idp`` serves the IdP itself (``wsgi:app``, PostgreSQL and Redis as `make bench` sets them up) instead of the
+ceiling, and measures its client-credentials token: what each server would make of the per-core target.
 
 Servers: gunicorn with app/gunicorn_conf.py's worker (the default), gunicorn's sync worker, granian (the other
 supported server, python -m app.serve), uWSGI speaking HTTP itself (``--http11-socket``) and behind its own
@@ -29,14 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as R  # noqa: E402 - bench/run.py's helpers (wrk, CpuMeter, wait_ready)
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-BODY = "grant_type=client_credentials&scope=a"
+BODY = "grant_type=client_credentials"
+# What is served and asked: the ceiling app, or (--idp) the IdP's token endpoint; ``main`` may replace it.
+TARGET = {"app": "ceiling:app", "cwd": R.BENCH, "env": None, "path": "/", "headers": FORM}
 
 # bjoern serves one process; this forks the workers after binding, as its documentation shows.
 BJOERN = """
-import os, sys
-sys.path.insert(0, {bench!r})
+import importlib, os, sys
+sys.path.insert(0, os.getcwd())
 import bjoern
-from ceiling import app
+module, name = sys.argv[1].split(":")
+app = getattr(importlib.import_module(module), name)
 bjoern.listen(app, "127.0.0.1", {port}, reuse_port=True)
 for _ in range({workers} - 1):
     if os.fork() == 0:
@@ -47,20 +53,19 @@ bjoern.run()
 
 def servers(workers: int) -> dict:
     """name -> (command template with {port}, Python module it needs, or None)."""
-    v, w = str(R.BIN), str(workers)
-    uwsgi = [v + "/uwsgi", "--module", "ceiling:app", "--processes", w, "--master", "--disable-logging",
+    v, w, app = str(R.BIN), str(workers), TARGET["app"]
+    uwsgi = [v + "/uwsgi", "--module", app, "--processes", w, "--master", "--disable-logging",
              "--need-app", "--lazy-apps"]
     return {
         "gunicorn (ThreadWorker 2 threads)": ([v + "/gunicorn", "-k", R.WORKER_CLASS, "-w", w, "--threads", "2",
-                                               "-b", "127.0.0.1:{port}", "--keep-alive", "30", "ceiling:app"], None),
-        "gunicorn (sync)": ([v + "/gunicorn", "-k", "sync", "-w", w, "-b", "127.0.0.1:{port}", "ceiling:app"], None),
+                                               "-b", "127.0.0.1:{port}", "--keep-alive", "30", app], None),
+        "gunicorn (sync)": ([v + "/gunicorn", "-k", "sync", "-w", w, "-b", "127.0.0.1:{port}", app], None),
         "granian (2 blocking threads)": ([v + "/granian", "--interface", "wsgi", "--workers", w,
                                           "--blocking-threads", "2", "--host", "127.0.0.1", "--port", "{port}",
-                                          "--no-ws", "ceiling:app"], "granian"),
+                                          "--no-ws", app], "granian"),
         "uWSGI --http11-socket": (uwsgi + ["--http11-socket", "127.0.0.1:{port}"], "uwsgidecorators"),
         "uWSGI --http router": (uwsgi + ["--http", "127.0.0.1:{port}", "--http-keepalive"], "uwsgidecorators"),
-        "bjoern": ([sys.executable, "-c", BJOERN.replace("{workers}", w).replace("{bench!r}", repr(str(R.BENCH)))],
-                   "bjoern"),
+        "bjoern": ([sys.executable, "-c", BJOERN.replace("{workers}", w), app], "bjoern"),
     }
 
 
@@ -71,13 +76,13 @@ def installed(module: str | None) -> bool:
 
 
 def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen:
-    p = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], cwd=R.BENCH, stdout=log.open("w"),
-                         stderr=subprocess.STDOUT, start_new_session=True)
+    p = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], cwd=TARGET["cwd"], env=TARGET["env"],
+                         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     while True:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("POST", "/", body=BODY, headers=FORM)
+            conn.request("POST", TARGET["path"], body=BODY, headers=TARGET["headers"])
             if conn.getresponse().status == 200:
                 conn.close()
                 return p
@@ -103,10 +108,10 @@ def idle_connection_blocks(port: int) -> float:
     """Seconds a request on a second connection waits while a first, kept alive, sits idle (one worker)."""
     first, second = (http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(2))
     try:
-        first.request("POST", "/", body=BODY, headers=FORM)
+        first.request("POST", TARGET["path"], body=BODY, headers=TARGET["headers"])
         first.getresponse().read()
         started = time.monotonic()
-        second.request("POST", "/", body=BODY, headers=FORM)
+        second.request("POST", TARGET["path"], body=BODY, headers=TARGET["headers"])
         second.getresponse().read()
         return time.monotonic() - started
     finally:
@@ -120,9 +125,20 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--workers", type=int, default=R.default_workers())
     ap.add_argument("--port", type=int, default=18800)
+    ap.add_argument("--idp", action="store_true", help="serve the IdP's client-credentials token, not the ceiling")
     args = ap.parse_args()
-    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-servers-{os.getpid()}"
-    work.mkdir(parents=True, exist_ok=True)
+    if not args.idp:
+        work = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-servers-{os.getpid()}"
+        work.mkdir(parents=True, exist_ok=True)
+        return measure(args, work)
+    with R.scratch(args.port, "servers") as (work, env, created):
+        TARGET.update(app="wsgi:app", cwd=R.ROOT, env=env, path="/token",
+                      headers=dict(FORM, Authorization=R.basic(created["client_id"], created["client_secret"])))
+        return measure(args, work)
+
+
+def measure(args, work: Path) -> int:
+    print(f"serving {TARGET['app']}: POST {TARGET['path']}")
     chosen = {}
     for name, (cmd, module) in servers(args.workers).items():
         if installed(module):
@@ -137,7 +153,8 @@ def main() -> int:
             p = start(cmd, port, work / "server.log")
             try:
                 meter = R.CpuMeter([p.pid])
-                spec = dict(method="POST", path="/", body=BODY, headers=FORM, meter=meter, workdir=work)
+                spec = dict(method="POST", path=TARGET["path"], body=BODY, headers=TARGET["headers"], meter=meter,
+                            workdir=work)
                 R.wrk(port, seconds=2, **spec)  # warm up
                 r = R.wrk(port, seconds=args.seconds, **spec)
                 found[name].append((r["cpu_ms_per_req"], r["rps"], r["p99_ms"]))
