@@ -30,7 +30,7 @@ from ..extensions import db, without_transaction
 from . import clients, codes, tokens
 from .client_auth import PrivateKeyJWT
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
-from .models import AUTH_METHODS, Token
+from .models import AUTH_METHODS
 
 CONFIDENTIAL = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
@@ -313,12 +313,9 @@ class OpenIDTokens(OpenIDCode):
         if "openid" not in token.get("scope", "").split():
             return token
         req = grant.request
-        ctx = getattr(req, "issued_context", {}) or {}
-        row = Token(scope=token["scope"], auth_time=ctx.get("auth_time"), acr=ctx.get("acr"),
-                    amr=ctx.get("amr"), sid=ctx.get("sid"), claims=ctx.get("claims"))
-        token["id_token"] = tokens.id_token(
-            client=req.client, user=req.user, row=row, access_token=token["access_token"], nonce=ctx.get("nonce"),
-        )
+        token["id_token"] = tokens.id_token(client=req.client, user=req.user, scope=token["scope"],
+                                            context=getattr(req, "issued_context", None) or {},
+                                            access_token=token["access_token"])
         return token
 
     def __call__(self, grant):

@@ -227,26 +227,20 @@ def rotate(old_id: str, as_of: int, row: dict) -> bool:
     return claimed
 
 
-def id_token(*, client, user, row: Token, access_token: str | None, nonce: str | None) -> str:
-    """An ID token for ``user`` and ``client``, minted fresh (never cached)."""
+def id_token(*, client, user, scope: str, context: dict, access_token: str | None) -> str:
+    """An ID token for ``user`` and ``client``, minted fresh (never cached). ``context`` is the authorization's
+    (``auth_time``, ``acr``, ``amr``, ``sid``, requested ``claims``, ``nonce``), as its grant carries it."""
     alg = client.id_token_alg
     now = int(time.time())
     claims = {"iss": issuer(), "sub": user.sub, "aud": client.client_id, "azp": client.client_id,
               "iat": now, "exp": now + current_app.config["IDP_ID_TOKEN_TTL"]}
-    if row.auth_time:
-        claims["auth_time"] = row.auth_time
-    if nonce:
-        claims["nonce"] = nonce
-    if row.acr:
-        claims["acr"] = row.acr
-    if row.amr:
-        claims["amr"] = row.amr
-    if row.sid:
-        claims["sid"] = row.sid
+    for name in ("auth_time", "nonce", "acr", "amr", "sid"):
+        if context.get(name):
+            claims[name] = context[name]
     if access_token:
         claims["at_hash"] = create_half_hash(access_token, alg).decode()
-    claims.update(claims_for(user, row.scope, row.claims or {}, "id_token"))
-    purposes = policy.purposes_claim(user.id, client, row.scope)
+    claims.update(claims_for(user, scope, context.get("claims") or {}, "id_token"))
+    purposes = policy.purposes_claim(user.id, client, scope)
     if purposes is not None:
         claims[PURPOSES_CLAIM] = purposes
     return sign(claims, alg)
