@@ -132,8 +132,8 @@ def _bound_postgresql(app) -> None:
     """Every PostgreSQL connection gets IDP_DB_STATEMENT_TIMEOUT and IDP_DB_LOCK_TIMEOUT once, when it is opened.
 
     A query stuck on the server, or a statement queued behind a transaction that holds a lock, then fails the
-    request with a 503 (errors.is_outage: 57014, 55P03) within the bound, instead of holding its thread until
-    gunicorn kills the worker. Set with SET on each new connection and committed (a rolled-back SET is undone),
+    request with a 503 (errors.is_outage: 57014, 55P03) within the bound, instead of holding its thread and
+    connection for as long as it lasts (gunicorn's threaded worker keeps reporting itself alive meanwhile). Set with SET on each new connection and committed (a rolled-back SET is undone),
     not as a startup ``options`` parameter, which PgBouncer refuses. Behind a pooler in transaction mode a
     connection's session settings do not follow its transactions: set them on the database role there
     (docs/production.md).

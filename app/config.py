@@ -57,11 +57,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Extra PostgreSQL connections a process may open beyond IDP_DB_POOL_SIZE under a burst (closed after)."),
     Setting("IDP_DB_STATEMENT_TIMEOUT", "IDP_DB_STATEMENT_TIMEOUT", 15.0, float,
             "PostgreSQL: seconds one statement may run before the server cancels it and the request gets a 503 "
-            "(statement_timeout; below gunicorn's timeout, so a stuck query fails the request instead of killing "
-            "the worker). 0: not set (the server's or the database role's setting applies). Migrations run without it."),
+            "(statement_timeout). Without it a stuck query holds its thread and connection for as long as it runs "
+            "(gunicorn's threaded worker keeps reporting itself alive). 0: not set (the server's or the database "
+            "role's setting applies). Migrations run without it."),
     Setting("IDP_DB_LOCK_TIMEOUT", "IDP_DB_LOCK_TIMEOUT", 5.0, float,
-            "PostgreSQL: seconds a statement may wait for a row or table lock before it gives up and the request "
-            "gets a 503 (lock_timeout), so requests do not pile up behind a transaction that holds a lock. 0: not "
+            "PostgreSQL: seconds a statement may wait for a lock before it gives up and the request gets a 503 "
+            "(lock_timeout), so requests do not pile up behind a transaction that holds a row or a table. 0: not "
             "set (a statement waits as long as it may run). Migrations run without it."),
     Setting("IDP_DB_PREPARED_STATEMENTS", "IDP_DB_PREPARED_STATEMENTS", True, _bool,
             "PostgreSQL: let psycopg prepare statements it runs often (faster). Set false behind a pooler in "
@@ -276,8 +277,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError("IDP_DB_POOL_SIZE must be 1 or more and IDP_DB_MAX_OVERFLOW 0 or more "
                           "(SQLAlchemy reads 0 and -1 as 'no limit')")
     for name in ("IDP_DB_STATEMENT_TIMEOUT", "IDP_DB_LOCK_TIMEOUT"):
-        if not float(cfg[name]) >= 0:
-            raise ConfigError(f"{name} must be a number of seconds, 0 or more (0: not set)")
+        seconds = float(cfg[name])
+        if not (seconds == 0 or 0.001 <= seconds <= 2147483):  # PostgreSQL takes whole milliseconds up to 2^31 - 1
+            raise ConfigError(f"{name} must be 0 (not set) or a number of seconds from 0.001 to 2147483")
     if not float(cfg["IDP_REDIS_TIMEOUT"]) > 0:
         raise ConfigError("IDP_REDIS_TIMEOUT must be a number of seconds above 0")
     hops = int(cfg.get("IDP_TRUSTED_PROXIES") or 0)

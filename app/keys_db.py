@@ -222,6 +222,7 @@ class DatabaseKeyRing(BaseKeyRing):
                 if self.ensure_on_first_use:
                     self.ensure()  # the table exists by now (flask db upgrade), or this fails loudly
                     self.ensure_on_first_use = False
+                    self._cipher.warn_if_fallback_used()
                     return True
         return super().reload_if_changed()
 
@@ -278,7 +279,20 @@ def init_database_ring(app: Flask) -> DatabaseKeyRing:
                     SigningKey.__tablename__)
         ring.ensure_on_first_use = True
     else:
-        ring.ensure()  # also refuses to start if IDP_KEY_ENCRYPTION_KEY cannot decrypt the stored keys
+        try:
+            ring.ensure()  # also refuses to start if IDP_KEY_ENCRYPTION_KEY cannot decrypt the stored keys
+        except sa.exc.DBAPIError as error:
+            from .errors import is_outage
+
+            if not is_outage(error):
+                raise
+            # The database is unreachable, or another transaction holds the ring past IDP_DB_LOCK_TIMEOUT (a
+            # migration, a rotation): start anyway and try again at the first use, where a failure is that
+            # request's 503. A worker that fails to start would make gunicorn stop the whole server.
+            log.warning("signing key ring not loaded at start (%s); trying again at first use",
+                        str(error.orig).split("\n")[0])
+            ring.ensure_on_first_use = True
+            return ring
         ring._cipher.warn_if_fallback_used()
     return ring
 

@@ -10,7 +10,7 @@ connection served while a first kept-alive connection sits idle?
 ceiling, and measures its client-credentials token: what each server would make of the per-core target.
 
 Servers: gunicorn with app/gunicorn_conf.py's worker (the default), gunicorn's sync worker, granian (the other
-supported server, python -m app.serve), uWSGI speaking HTTP itself (``--http11-socket``) and behind its own
+supported server; its command line here, with the workers and blocking threads of python -m app.serve), uWSGI speaking HTTP itself (``--http11-socket``) and behind its own
 HTTP router (``--http``), and bjoern. uWSGI and bjoern are not dependencies of the project: install them into
 the venv to include them (``pip install uwsgi bjoern``; bjoern builds against Debian's libev-dev); missing ones
 are skipped.
@@ -157,13 +157,19 @@ def measure(args, work: Path) -> int:
                             workdir=work)
                 R.wrk(port, seconds=2, **spec)  # warm up
                 r = R.wrk(port, seconds=args.seconds, **spec)
-                found[name].append((r["cpu_ms_per_req"], r["rps"], r["p99_ms"]))
+                errors = sum(r["errors"].values())
                 print(f"  {name:34s} {r['cpu_ms_per_req']:.3f} ms CPU/req  {r['rps']:7.0f} req/s  "
-                      f"p99 {r['p99_ms']:6.1f} ms", flush=True)
+                      f"p99 {r['p99_ms']:6.1f} ms" + (f"  {errors} errors: left out" if errors else ""), flush=True)
+                if not errors:  # a refused or failed request is cheap: it would flatter the server
+                    found[name].append((r["cpu_ms_per_req"], r["rps"], r["p99_ms"]))
             finally:
                 stop(p)
     print(f"\nMedians of {args.rounds} rounds, {args.workers} workers, 16 keep-alive connections "
           f"(CPU per request: lower is better):")
+    found = {name: rows for name, rows in found.items() if rows}
+    if not found:
+        print("  no run without errors")
+        return 1
     base = statistics.median(x[0] for x in next(iter(found.values())))
     for name, rows in found.items():
         cpu = statistics.median(x[0] for x in rows)

@@ -52,6 +52,13 @@ def get_metadata():
     return target_db.metadata
 
 
+# A migration may rewrite a large table, build an index, or wait for running requests to let go of a table: the
+# app's per-statement bounds (IDP_DB_STATEMENT_TIMEOUT, IDP_DB_LOCK_TIMEOUT, or the same set on the database role)
+# do not apply to it. Session-wide, so that they hold past the commit of an autocommit block (CREATE INDEX
+# CONCURRENTLY); the connection is then closed, not returned to the app's pool.
+UNBOUNDED = ("SET statement_timeout = 0", "SET lock_timeout = 0")
+
+
 def run_migrations_offline():
     """Run migrations in 'offline' mode.
 
@@ -70,6 +77,9 @@ def run_migrations_offline():
     )
 
     with context.begin_transaction():
+        if url.startswith("postgresql"):
+            for statement in UNBOUNDED:
+                context.execute(statement)  # the script's session, whatever the role's defaults
         context.run_migrations()
 
 
@@ -104,14 +114,16 @@ def run_migrations_online():
             **conf_args
         )
 
-        with context.begin_transaction():
-            if connection.dialect.name == "postgresql":
-                # A migration may rewrite a large table or wait for the app's transactions to let go of one: the
-                # app's per-statement bounds (IDP_DB_STATEMENT_TIMEOUT, IDP_DB_LOCK_TIMEOUT) are lifted for this
-                # transaction only (SET LOCAL ends with it).
-                connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
-                connection.exec_driver_sql("SET LOCAL lock_timeout = 0")
-            context.run_migrations()
+        unbounded = connection.dialect.name == "postgresql"
+        try:
+            with context.begin_transaction():
+                if unbounded:
+                    for statement in UNBOUNDED:
+                        connection.exec_driver_sql(statement)
+                context.run_migrations()
+        finally:
+            if unbounded:
+                connection.invalidate()  # its session has no bounds: closed, never handed to a request
 
 
 if context.is_offline_mode():

@@ -3,6 +3,7 @@ lock fails the request with a 503 within the bound instead of holding its thread
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import pytest
@@ -41,16 +42,29 @@ def test_every_connection_carries_the_configured_bounds(app, make_app):
     assert _shown(make_app()) == ("15s", "5s")  # the defaults
 
 
-@on_postgresql
-def test_zero_leaves_the_servers_own_setting(make_app):
-    with make_app().app_context():
-        server = db.session.execute(sa.text("SELECT reset_val FROM pg_settings WHERE name = 'statement_timeout'"))
-        server_default = server.scalar_one()
-    app = make_app(IDP_DB_STATEMENT_TIMEOUT=0, IDP_DB_LOCK_TIMEOUT=0)
-    with app.app_context():
-        values = db.session.execute(sa.text(
-            "SELECT name, setting FROM pg_settings WHERE name IN ('statement_timeout', 'lock_timeout')")).all()
-    assert dict(values) == {"statement_timeout": server_default, "lock_timeout": "0"}
+def test_zero_leaves_the_database_roles_own_setting(keys_dir):
+    """0 sends nothing: bounds set on the database (or role), as behind PgBouncer, apply as they are."""
+    from app import create_app
+
+    url = services.create_postgres_database()
+    admin = sa.create_engine(services.postgres_admin_url(), isolation_level="AUTOCOMMIT")
+    name = sa.engine.make_url(url).database
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET statement_timeout = \'7s\'')
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET lock_timeout = \'3s\'')
+        found = {}
+        for label, bounds in (("off", {"IDP_DB_STATEMENT_TIMEOUT": 0, "IDP_DB_LOCK_TIMEOUT": 0}),
+                              ("lock only", {"IDP_DB_STATEMENT_TIMEOUT": 0, "IDP_DB_LOCK_TIMEOUT": 0.25}),
+                              ("defaults", {})):
+            app = create_app({"SQLALCHEMY_DATABASE_URI": url, "IDP_KEYS_DIR": keys_dir, "TESTING": True, **bounds})
+            found[label] = _shown(app)
+            with app.app_context():
+                db.engine.dispose()
+        assert found == {"off": ("7s", "3s"), "lock only": ("7s", "250ms"), "defaults": ("15s", "5s")}
+    finally:
+        admin.dispose()
+        services.drop_postgres_database(url)
 
 
 @on_postgresql
@@ -91,20 +105,56 @@ def test_a_refresh_behind_a_held_lock_fails_fast_with_503_and_the_token_still_wo
 
 
 def test_migrations_run_without_the_apps_bounds(keys_dir):
+    """Every statement of the migrations runs with no statement or lock bound, and the connection that ran them
+    (its session unbounded) is closed rather than handed back to the app's pool."""
     import flask_migrate
 
     from app import create_app
 
     url = services.create_postgres_database()
+    seen = []
+
+    def settings_at_create(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("CREATE"):
+            seen.append(cursor.connection.execute(
+                "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')").fetchone())
     try:
-        # 1 ms: every CREATE TABLE and CREATE INDEX of the schema would be cancelled under the app's bound.
         app = create_app({"SQLALCHEMY_DATABASE_URI": url, "IDP_KEYS_DIR": keys_dir, "TESTING": True,
-                          "IDP_DB_STATEMENT_TIMEOUT": 0.001, "IDP_DB_LOCK_TIMEOUT": 0.001})
+                          "IDP_DB_STATEMENT_TIMEOUT": 2.5, "IDP_DB_LOCK_TIMEOUT": 0.3})
         with app.app_context():
+            sa.event.listen(db.engine, "after_cursor_execute", settings_at_create)
             flask_migrate.upgrade()
-            assert "tokens" in sa.inspect(db.engine).get_table_names()
-            assert db.session.execute(sa.text("SHOW statement_timeout")).scalar_one() == "1ms"  # the app's again
-            db.session.rollback()
+            sa.event.remove(db.engine, "after_cursor_execute", settings_at_create)
+            assert len(seen) > 10 and set(seen) == {("0", "0")}, seen
+            # Every connection the app gets afterwards has its bounds again (the pool holds one connection here).
+            for _ in range(3):
+                with db.engine.connect() as conn:
+                    assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "2500ms"
+                    assert conn.exec_driver_sql("SHOW lock_timeout").scalar_one() == "300ms"
             db.engine.dispose()
     finally:
         services.drop_postgres_database(url)
+
+
+@on_postgresql
+def test_a_worker_starts_while_the_key_ring_is_locked_and_loads_it_at_first_use(make_app):
+    """With the key ring in the database, a worker that starts while another transaction holds the ring (a
+    rotation, a migration) past the lock bound still starts: a worker that failed to start would stop gunicorn.
+    Until the lock is gone it is not ready and its JWKS answers 503; then it loads the ring."""
+    keys = {"IDP_KEYS_STORE": "database", "IDP_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32)}
+    first = make_app(**keys)  # creates the ring
+    published = first.test_client().get("/jwks.json").get_json()["keys"]
+    with first.app_context():
+        engine = db.engine
+    with engine.connect() as holder:
+        holder.exec_driver_sql("SET idle_in_transaction_session_timeout = 10000")  # a safety net, as above
+        holder.exec_driver_sql("SELECT * FROM signing_key_ring FOR UPDATE").all()
+        started = time.monotonic()
+        app = make_app(IDP_DB_LOCK_TIMEOUT=0.3, **keys)
+        assert time.monotonic() - started < 5
+        client = app.test_client()
+        assert client.get("/jwks.json").status_code == 503
+        assert client.get("/readyz").status_code == 503
+        holder.rollback()
+    assert client.get("/jwks.json").get_json()["keys"] == published
+    assert client.get("/readyz").status_code == 200

@@ -90,7 +90,9 @@ def test_trusted_proxies_need_valid_addresses(make_app, addresses):
 
 @pytest.mark.parametrize("setting", [{"IDP_DB_POOL_SIZE": 0}, {"IDP_DB_MAX_OVERFLOW": -1}, {"IDP_REDIS_TIMEOUT": 0},
                                      {"IDP_REDIS_TIMEOUT": -1}, {"IDP_DB_STATEMENT_TIMEOUT": -1},
-                                     {"IDP_DB_LOCK_TIMEOUT": -0.5}])
+                                     {"IDP_DB_LOCK_TIMEOUT": -0.5}, {"IDP_DB_STATEMENT_TIMEOUT": float("inf")},
+                                     {"IDP_DB_STATEMENT_TIMEOUT": float("nan")}, {"IDP_DB_LOCK_TIMEOUT": 2147484},
+                                     {"IDP_DB_LOCK_TIMEOUT": 0.0004}])
 def test_pool_and_timeout_settings_that_mean_no_limit_are_refused(make_app, setting):
     with pytest.raises(ConfigError, match=next(iter(setting))):
         make_app(**setting)
