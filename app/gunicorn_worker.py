@@ -23,6 +23,12 @@ the loop to the start of its shutdown):
   ``Connection: close``, at most once every ``SHED_EVERY`` (50 ms): the client opens a new connection, which a
   worker with fewer takes. Nothing is cut off: the response is whole, and says the connection ends.
 
+A response goes out in one write where gunicorn would make two: gunicorn sends the status line and headers, then
+the body, each with its own ``sendall`` (with ``TCP_NODELAY``, two TCP segments, two system calls and two wake-ups
+of the client). ``OneWrite`` holds the headers until the first body bytes and sends them together: one packet
+instead of two for a small response, and a few percent less CPU per request (bench/analysis.md, "One write per
+response").
+
 A connection that ends is closed gracefully (gunicorn sends its FIN and waits up to 2 s for the client's, so
 that unread bytes do not turn into a reset) on a thread of its own, not on the worker's event loop, which
 gunicorn's gthread blocks for that wait.
@@ -153,6 +159,42 @@ class _Closer:
                 conn.close(graceful=True)
             except Exception:  # noqa: BLE001 - a socket that fails to close is gone either way
                 pass
+
+
+class OneWrite:
+    """A connection's socket while one response is written: gunicorn's first ``sendall`` of a response (its status
+    line and headers) is held and sent with the second (the first body bytes), in one system call and one TCP
+    segment. What follows goes straight through; ``flush`` sends what is still held (a response without a body: a
+    HEAD, a 204 or a 304, whose headers gunicorn sends last). Everything else is the socket's own: ``send`` (gunicorn's
+    "100 Continue" before the response) and shutting down are not delayed; ``sendfile`` first sends what is held."""
+
+    __slots__ = ("_sock", "_held", "_writes")
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._held = b""
+        self._writes = 0
+
+    def sendall(self, data) -> None:
+        self._writes += 1
+        if self._writes == 1:
+            self._held = bytes(data)
+            return
+        if self._held:
+            data, self._held = self._held + data, b""
+        self._sock.sendall(data)
+
+    def flush(self) -> None:
+        if self._held:
+            held, self._held = self._held, b""
+            self._sock.sendall(held)
+
+    def sendfile(self, *args, **kwargs):
+        self.flush()
+        return self._sock.sendfile(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
 
 
 class ThreadWorker(gthread.ThreadWorker):
@@ -304,6 +346,21 @@ class ThreadWorker(gthread.ThreadWorker):
         if self.alive and not self._accepting and self.nr_conns < self.worker_connections:
             timeout = min(timeout, max(0.001, self._look_again_at - time.monotonic()))
         super().wait_for_and_dispatch_events(timeout)
+
+    # -- one write per response -------------------------------------------------------------------------------------
+
+    def handle_request(self, req, conn):
+        # gunicorn writes the response through conn.sock (wsgi.create hands it to its Response). A request that fails
+        # raises past the flush: what was held is dropped, as gunicorn then closes the connection or writes an error
+        # response of its own on the real socket (conn.sock again by then).
+        sock = conn.sock
+        conn.sock = one = OneWrite(sock)
+        try:
+            keepalive = super().handle_request(req, conn)
+        finally:
+            conn.sock = sock
+        one.flush()
+        return keepalive
 
     # -- handing back ----------------------------------------------------------------------------------------------
 

@@ -283,3 +283,88 @@ def test_the_served_app_keeps_its_start_up_objects_out_of_the_collectors_way(tmp
     assert out.returncode == 0, out.stderr
     frozen, old = map(int, out.stdout.split()[-2:])
     assert frozen > 50_000 and old < frozen // 100, (frozen, old)
+
+
+def test_one_write_holds_a_responses_headers_until_its_body():
+    """app/gunicorn_worker.py OneWrite, on a real socket pair: gunicorn's headers and first body bytes go out in one
+    write; later writes go straight through; flush sends headers left alone (a response without a body)."""
+    from app.gunicorn_worker import OneWrite
+
+    def pending(sock) -> bytes:
+        try:
+            return sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return b""
+
+    server, client = socket.socketpair()
+    try:
+        one = OneWrite(server)
+        one.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        assert pending(client) == b""  # held
+        one.sendall(b"he")
+        assert pending(client) == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe"  # one write, one read
+        one.sendall(b"llo")
+        assert pending(client) == b"llo"
+        one.flush()
+        assert pending(client) == b""
+
+        head = OneWrite(server)
+        head.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        assert pending(client) == b""
+        head.flush()
+        assert pending(client) == b"HTTP/1.1 204 No Content\r\n\r\n"
+        head.send(b"x")  # the socket's own methods are not delayed
+        assert pending(client) == b"x"
+    finally:
+        server.close()
+        client.close()
+
+
+def _response(sock: socket.socket, buffered: bytes, head_only: bool) -> tuple[int, dict, bytes, bytes]:
+    """(status, headers, body, bytes already read past it) of one response read from ``sock``."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before the headers were complete: {data!r}"
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    length = 0 if head_only else int(headers["content-length"])
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed in the middle of the body"
+        rest += chunk
+    return int(lines[0].split()[1]), headers, rest[:length], rest[length:]
+
+
+def test_responses_of_every_shape_arrive_whole_over_one_kept_alive_connection():
+    """The production worker writes each response's headers with its body: JSON, a page, a redirect, a static file
+    (sent with sendfile), a HEAD and a 404 follow one another on one connection, each whole and framed right."""
+    from pathlib import Path
+
+    css = (Path(__file__).resolve().parent.parent / "app" / "static" / "style.css").read_bytes()
+    asks = [("GET", "/.well-known/openid-configuration"), ("HEAD", "/.well-known/openid-configuration"),
+            ("GET", "/static/style.css"), ("GET", "/account/apps"), ("GET", "/login"), ("GET", "/no-such-page"),
+            ("GET", "/healthz")]
+    with LiveServer(workers=2, gunicorn_config="python:app.gunicorn_conf") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+            got, buffered = [], b""
+            for method, path in asks:
+                sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+                status, headers, body, buffered = _response(sock, buffered, head_only=method == "HEAD")
+                got.append((method, path, status, headers, body))
+            assert buffered == b""
+    by = {(m, p): (s, h, b) for m, p, s, h, b in got}
+    status, headers, body = by[("GET", "/.well-known/openid-configuration")]
+    assert status == 200 and json.loads(body)["issuer"] == server.issuer
+    status, headers, body = by[("HEAD", "/.well-known/openid-configuration")]
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 100
+    status, headers, body = by[("GET", "/static/style.css")]
+    assert status == 200 and body == css
+    status, headers, body = by[("GET", "/account/apps")]
+    assert status in (302, 303) and headers["location"]
+    status, headers, body = by[("GET", "/login")]
+    assert status == 200 and b"<form" in body
+    assert by[("GET", "/no-such-page")][0] == 404
+    assert by[("GET", "/healthz")][0] == 200
