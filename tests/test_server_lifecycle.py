@@ -286,17 +286,18 @@ def test_the_served_app_keeps_its_start_up_objects_out_of_the_collectors_way(tmp
 
 
 def test_one_write_holds_a_responses_headers_until_its_body():
-    """app/gunicorn_worker.py OneWrite, on a real socket pair: gunicorn's headers and first body bytes go out in one
-    write; later writes go straight through; flush sends headers left alone (a response without a body)."""
+    """app/gunicorn_worker.py OneWrite, on a real socket pair that keeps each write a message of its own
+    (SOCK_SEQPACKET): gunicorn's headers and first body bytes go out in one write; later writes go straight through;
+    flush sends headers left alone (a response without a body); a shutdown sends them before the end."""
     from app.gunicorn_worker import OneWrite
 
-    def pending(sock) -> bytes:
+    def pending(sock) -> bytes:  # one message: what one write sent
         try:
             return sock.recv(65536, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return b""
 
-    server, client = socket.socketpair()
+    server, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         one = OneWrite(server)
         one.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
@@ -315,6 +316,13 @@ def test_one_write_holds_a_responses_headers_until_its_body():
         assert pending(client) == b"HTTP/1.1 204 No Content\r\n\r\n"
         head.send(b"x")  # the socket's own methods are not delayed
         assert pending(client) == b"x"
+
+        failed = OneWrite(server)  # a response that fails after its headers: gunicorn shuts the connection down
+        failed.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        failed.shutdown(socket.SHUT_WR)
+        assert pending(client) == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        assert pending(client) == b""  # then the end
+        assert client.recv(10) == b""
     finally:
         server.close()
         client.close()
