@@ -43,19 +43,8 @@ def _alive(pid: int) -> bool:
 
 def _read_response(sock: socket.socket) -> tuple[int, bytes]:
     """Status and body of one HTTP/1.1 response with a Content-Length."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before the response was complete: {data!r}"
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    length = next(int(v) for k, v in (line.split(":", 1) for line in lines[1:]) if k.strip().lower() == "content-length")
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed in the middle of the body"
-        body += chunk
-    return int(lines[0].split()[1]), body
+    status, _, body, _ = _response(sock, b"", head_only=False)
+    return status, body
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
