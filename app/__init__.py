@@ -133,10 +133,10 @@ def _bound_postgresql(app) -> None:
 
     A query stuck on the server, or a statement queued behind a transaction that holds a lock, then fails the
     request with a 503 (errors.is_outage: 57014, 55P03) within the bound, instead of holding its thread and
-    connection for as long as it lasts (gunicorn's threaded worker keeps reporting itself alive meanwhile). Set with SET on each new connection and committed (a rolled-back SET is undone),
-    not as a startup ``options`` parameter, which PgBouncer refuses. Behind a pooler in transaction mode a
-    connection's session settings do not follow its transactions: set them on the database role there
-    (docs/production.md).
+    connection for as long as it lasts (gunicorn's threaded worker keeps reporting itself alive meanwhile). Set
+    with SET on each new connection and committed (a rolled-back SET is undone), not as a startup ``options``
+    parameter, which PgBouncer refuses. Behind a pooler in transaction mode a connection's session settings do
+    not follow its transactions: set them on the database role there (docs/production.md).
     """
     if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         return

@@ -21,7 +21,6 @@ import argparse
 import http.client
 import importlib.util
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -76,8 +75,8 @@ def installed(module: str | None) -> bool:
 
 
 def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen:
-    p = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], cwd=TARGET["cwd"], env=TARGET["env"],
-                         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    """The server (bench/run.py's spawn), once it answers the measured request with a 200."""
+    p = R.spawn([c.replace("{port}", str(port)) for c in cmd], cwd=TARGET["cwd"], env=TARGET["env"], logfile=log)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -91,17 +90,6 @@ def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen:
         if p.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{cmd[0]} did not start: {log.read_text()[-2000:]}")
         time.sleep(0.2)
-
-
-def stop(p: subprocess.Popen) -> None:
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-    except ProcessLookupError:
-        pass
 
 
 def idle_connection_blocks(port: int) -> float:
@@ -163,7 +151,7 @@ def measure(args, work: Path) -> int:
                 if not errors:  # a refused or failed request is cheap: it would flatter the server
                     found[name].append((r["cpu_ms_per_req"], r["rps"], r["p99_ms"]))
             finally:
-                stop(p)
+                R.stop(p)
     print(f"\nMedians of {args.rounds} rounds, {args.workers} workers, 16 keep-alive connections "
           f"(CPU per request: lower is better):")
     found = {name: rows for name, rows in found.items() if rows}
@@ -184,7 +172,7 @@ def measure(args, work: Path) -> int:
         try:
             waited = idle_connection_blocks(port)
         finally:
-            stop(p)
+            R.stop(p)
         print(f"  {name:34s} {waited * 1000:8.1f} ms{'  (blocked by the idle connection)' if waited > 0.5 else ''}")
     return 0
 

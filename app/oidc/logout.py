@@ -13,8 +13,7 @@ from flask import redirect, render_template, request, session
 
 from ..accounts import sessions
 from ..errors import error_page
-from ..oauth2 import tokens
-from ..oauth2 import clients
+from ..oauth2 import clients, tokens
 from ..oauth2.models import Client, valid_client_id
 from .frontchannel import logout_iframes
 
